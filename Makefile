@@ -1,0 +1,27 @@
+# Two entry points that set themselves up on a fresh machine: `make demo` and `make test`.
+# torch==2.13.0 goes in first (the local CPU wheel), so the package's `torch>=2.1` adds nothing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.corel-installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml setup.py src/corel/_prim.c src/corel/_prim_impl.h
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/corel demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_h0.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info src/corel/*.so

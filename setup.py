@@ -1,0 +1,15 @@
+from setuptools import Extension, setup
+
+# The MST kernel is plain C (no torch headers), so it builds in seconds with any C compiler.
+# OpenMP resolves to the libgomp that torch has already loaded, so both share one thread pool.
+setup(
+    ext_modules=[
+        Extension(
+            "corel._prim",
+            ["src/corel/_prim.c"],
+            depends=["src/corel/_prim_impl.h"],
+            extra_compile_args=["-O3", "-std=gnu99", "-fopenmp"],
+            extra_link_args=["-fopenmp"],
+        )
+    ]
+)

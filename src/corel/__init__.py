@@ -1,0 +1,23 @@
+"""corel: connectivity-optimized representation learning via persistent homology.
+
+A fast, differentiable persistent-homology layer for PyTorch (:mod:`corel.pershom`), the
+connectivity loss of Hofer et al. (ICML 2019), and one-class novelty detection from few samples.
+"""
+
+from corel import pershom
+from corel.distances import edge_lengths, metric_order, pairwise_distances
+from corel.losses import ConnectivityLoss
+from corel.pershom import H0, h0_persistence, h0_persistence_from_distances
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "H0",
+    "ConnectivityLoss",
+    "edge_lengths",
+    "h0_persistence",
+    "h0_persistence_from_distances",
+    "metric_order",
+    "pairwise_distances",
+    "pershom",
+]

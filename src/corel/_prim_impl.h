@@ -1,0 +1,138 @@
+/* Prim's kernel for one floating type and one instruction set; included by _prim.c once per
+ * combination with T (float type), I (signed integer of T's width), INF_BITS (bits of +inf),
+ * SIGN_BIT, VEC_BYTES (native vector width), SUF, FABS and POW defined. */
+#define CAT_(a, b) a##_##b
+#define CAT(a, b) CAT_(a, b)
+#define NAME(f) CAT(f, SUF)
+
+/* aligned(sizeof(T)): loads and stores at any element */
+typedef T NAME(vec) __attribute__((vector_size(VEC_BYTES), aligned(sizeof(T)), may_alias));
+typedef I NAME(ivec) __attribute__((vector_size(VEC_BYTES)));
+#define WIDTH ((int64_t)(VEC_BYTES / sizeof(T)))
+#define LANES (NACC * WIDTH)
+
+/* out[k - lo] = distance-like value from xu to the points lo <= k < hi: squared for l2, p-th power
+ * for lp, which are monotone in the distance, all that Prim compares.  Accumulates LANES points at
+ * once in vector registers; the last tile is padded and out holds BLOCK values, so the last sweep
+ * may read and write past hi. */
+#define SWEEP(UPDATE)                                                                           \
+    for (int64_t k0 = lo; k0 < hi; k0 += LANES) {                                               \
+        NAME(vec) acc[NACC] = {{0}}, t;                                                         \
+        for (int64_t i = 0; i < d; ++i) {                                                       \
+            for (int a = 0; a < NACC; ++a) {                                                    \
+                t = xu[i] - *(const NAME(vec) *)(cols + TILE(k0, i, d) + a * WIDTH);           \
+                t = (NAME(vec))((NAME(ivec))t & ~SIGN_BIT); /* |t| */                           \
+                UPDATE;                                                                         \
+            }                                                                                   \
+        }                                                                                       \
+        for (int a = 0; a < NACC; ++a) *(NAME(vec) *)(out + (k0 - lo) + a * WIDTH) = acc[a];     \
+    }
+static void NAME(block_dist)(const T *xu, const T *cols, int64_t lo, int64_t hi, int64_t d, int metric, T p,
+                             T *out) {
+    switch (metric) {
+    case METRIC_L1:
+        SWEEP(acc[a] += t)
+        break;
+    case METRIC_L2:
+        SWEEP(acc[a] += t * t)
+        break;
+    case METRIC_LINF:
+        SWEEP(NAME(ivec) more = t > acc[a]; acc[a] = (NAME(vec))(((NAME(ivec))t & more) | ((NAME(ivec))acc[a] & ~more)))
+        break;
+    default:
+        for (int64_t k = lo; k < hi; ++k) {
+            T s = 0;
+            for (int64_t i = 0; i < d; ++i) s += POW(FABS(xu[i] - cols[TILE(k, i, d)]), p);
+            out[k - lo] = s;
+        }
+    }
+}
+#undef SWEEP
+#undef LANES
+#undef WIDTH
+
+/* Relaxes the keys of positions [lo, hi) from the new tree vertex u; returns the best position.
+ * Keys are non-negative floats held as their bit patterns: integer order equals float order, and
+ * integer min/compare vectorise without fast-math.  Ties go to the smallest vertex index. */
+static int64_t NAME(relax)(const T *x, int64_t n, int64_t d, int metric, T p, const T *cols,
+                                         int64_t u, int64_t lo, int64_t hi, I *key,
+                                         const int32_t *rem, int32_t *par, const int32_t *pos) {
+    union { T f[BLOCK]; I i[BLOCK]; } dist;
+    if (metric == METRIC_MATRIX) {
+        for (int64_t k = lo; k < hi; ++k) dist.f[k - lo] = x[u * n + rem[k]];
+    } else {
+        NAME(block_dist)(x + u * d, cols, lo, hi, d, metric, p, dist.f);
+    }
+    I mn = INF_BITS;
+    for (int64_t k = lo; k < hi; ++k) {
+        const I dk = dist.i[k - lo], kk = key[k];
+        const I closer = dk < kk;
+        key[k] = closer ? dk : kk;
+        par[k] = closer ? (int32_t)u : par[k];
+        mn = key[k] < mn ? key[k] : mn;
+    }
+    uint32_t best = UINT32_MAX; /* smallest vertex with the minimal key, in branch-free form */
+    for (int64_t k = lo; k < hi; ++k) {
+        const uint32_t c = (uint32_t)rem[k] | (uint32_t)-(int32_t)(key[k] != mn);
+        best = c < best ? c : best;
+    }
+    return pos[best];
+}
+
+/* 1 when all count values are finite (x - x is 0 for finite x, NaN for NaN and inf). */
+static int NAME(all_finite)(const T *x, int64_t count) {
+    int ok = 1;
+    for (int64_t k = 0; k < count; ++k) ok &= (x[k] - x[k]) == 0;
+    return ok;
+}
+
+/* MST edges of one cloud, in the order Prim adds them, as pairs (i < j), into edges (n-1, 2).
+ * x: (n, d) points, or (n, n) distances when metric == METRIC_MATRIX. */
+static void NAME(prim)(const T *x, int64_t n, int64_t d, int metric, T p, int64_t *edges, T *cols, int64_t cap,
+                       I *key, int32_t *rem, int32_t *par, int32_t *pos, int64_t *best) {
+    int64_t m = n - 1, u = 0;
+    for (int64_t k = 0; k < m; ++k) {
+        rem[k] = (int32_t)(k + 1);
+        pos[k + 1] = (int32_t)k;
+        key[k] = INF_BITS;
+        par[k] = 0;
+    }
+    if (metric != METRIC_MATRIX) {
+        memset(cols, 0, (size_t)(d * cap) * sizeof(T));
+        for (int64_t k = 0; k < m; ++k)
+            for (int64_t i = 0; i < d; ++i) cols[TILE(k, i, d)] = x[(k + 1) * d + i];
+    }
+    for (int64_t step = 0; step < n - 1; ++step) {
+        const int64_t nblocks = (m + BLOCK - 1) / BLOCK;
+        int64_t bk;
+        if (nblocks == 1) {
+            /* a parallel region costs about a microsecond even on one thread: skip it */
+            bk = NAME(relax)(x, n, d, metric, p, cols, u, 0, m, key, rem, par, pos);
+        } else {
+#pragma omp parallel for schedule(static) if (m * d >= PARALLEL_WORK)
+            for (int64_t b = 0; b < nblocks; ++b) {
+                const int64_t lo = b * BLOCK, hi = lo + BLOCK < m ? lo + BLOCK : m;
+                best[b] = NAME(relax)(x, n, d, metric, p, cols, u, lo, hi, key, rem, par, pos);
+            }
+            bk = best[0];
+            for (int64_t b = 1; b < nblocks; ++b) {
+                const int64_t k = best[b];
+                if (key[k] < key[bk] || (key[k] == key[bk] && rem[k] < rem[bk])) bk = k;
+            }
+        }
+        u = rem[bk];
+        edges[2 * step] = par[bk] < u ? par[bk] : u;
+        edges[2 * step + 1] = par[bk] < u ? u : par[bk];
+        --m; /* swap-remove position bk: the remaining points stay contiguous */
+        rem[bk] = rem[m];
+        pos[rem[bk]] = (int32_t)bk;
+        key[bk] = key[m];
+        par[bk] = par[m];
+        if (metric != METRIC_MATRIX)
+            for (int64_t i = 0; i < d; ++i) cols[TILE(bk, i, d)] = cols[TILE(m, i, d)];
+    }
+}
+
+#undef NAME
+#undef CAT
+#undef CAT_
