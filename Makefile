@@ -7,7 +7,7 @@ STAMP := $(VENV)/.corel-installed
 
 .PHONY: demo test bench clean
 
-$(STAMP): pyproject.toml setup.py src/corel/_prim.c src/corel/_prim_impl.h
+$(STAMP): pyproject.toml setup.py src/corel/_native.c src/corel/_native_impl.h
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0

@@ -5,9 +5,9 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "corel._prim",
-            ["src/corel/_prim.c"],
-            depends=["src/corel/_prim_impl.h"],
+            "corel._native",
+            ["src/corel/_native.c"],
+            depends=["src/corel/_native_impl.h"],
             extra_compile_args=["-O3", "-std=gnu99", "-fopenmp"],
             extra_link_args=["-fopenmp"],
         )

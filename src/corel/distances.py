@@ -10,6 +10,11 @@ from torch import Tensor
 
 Metric = Union[str, float, int]
 
+# metric codes of the native kernels (corel/_native.c)
+KERNEL_METRIC = {1.0: 0, 2.0: 1, math.inf: 2}
+KERNEL_P = 3
+KERNEL_MATRIX = 4
+
 _NAMED = {"l1": 1.0, "manhattan": 1.0, "l2": 2.0, "euclidean": 2.0, "linf": math.inf, "chebyshev": math.inf}
 
 

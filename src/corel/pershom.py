@@ -19,12 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from corel import _prim
-from corel.distances import Metric, edge_lengths, metric_order
+from corel import _native
+from corel.distances import KERNEL_MATRIX, KERNEL_METRIC, KERNEL_P, Metric, edge_lengths, metric_order
 
-_KERNEL_METRIC = {1.0: 0, 2.0: 1, math.inf: 2}
-_KERNEL_MATRIX = 4
-_KERNEL_P = 3
 # For l2 in high dimension a BLAS distance matrix beats the direct sweep up to a few thousand
 # points (measured on 2 cores: n=1000, d=160: 4 ms vs 9 ms); beyond, the O(n^2) matrix costs more.
 _MATMUL_MIN_DIM = 64
@@ -85,7 +82,7 @@ def _prim_native(data: Tensor, n: int, d: int, code: int, p: float, what: str) -
     kernel_dtype = torch.float64 if data.dtype == torch.float64 else torch.float32
     arr = np.ascontiguousarray(data.detach().to(device="cpu", dtype=kernel_dtype).numpy())
     edges = np.empty((arr.shape[0], n - 1, 2), dtype=np.int64)
-    if not _prim.mst_edges(arr, edges, arr.shape[0], n, d, code, p, kernel_dtype == torch.float64):
+    if not _native.mst_edges(arr, edges, arr.shape[0], n, d, code, p, kernel_dtype == torch.float64):
         _check_finite(data, what)
     return torch.from_numpy(edges)
 
@@ -160,9 +157,9 @@ def h0_persistence(points: Tensor, metric: Metric = "l1", *, backend: str = "aut
             # and the lengths below are recomputed exactly from the points.
             centred = flat - flat.mean(dim=-2, keepdim=True)
             dist = torch.cdist(centred, centred, compute_mode="use_mm_for_euclid_dist")
-        edges = _prim_native(dist, n, n, _KERNEL_MATRIX, 0.0, "points")
+        edges = _prim_native(dist, n, n, KERNEL_MATRIX, 0.0, "points")
     elif native:
-        edges = _prim_native(flat, n, d, _KERNEL_METRIC.get(p, _KERNEL_P), p, "points")
+        edges = _prim_native(flat, n, d, KERNEL_METRIC.get(p, KERNEL_P), p, "points")
     else:
         with torch.no_grad():
             dist = torch.cdist(flat, flat, p=p, compute_mode="donot_use_mm_for_euclid_dist")
@@ -182,7 +179,7 @@ def h0_persistence_from_distances(dist: Tensor, *, backend: str = "auto") -> H0:
         return _empty(dist.shape[:-2], dist)
     flat = dist.reshape(-1, n, n)
     if _use_native(dist.device, backend):
-        edges = _prim_native(flat, n, n, _KERNEL_MATRIX, 0.0, "distance matrix")
+        edges = _prim_native(flat, n, n, KERNEL_MATRIX, 0.0, "distance matrix")
     else:
         with torch.no_grad():
             edges = _prim_torch(flat)

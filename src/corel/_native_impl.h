@@ -1,4 +1,4 @@
-/* Prim's kernel for one floating type and one instruction set; included by _prim.c once per
+/* Kernels for one floating type and one instruction set; included by _native.c once per
  * combination with T (float type), I (signed integer of T's width), INF_BITS (bits of +inf),
  * SIGN_BIT, VEC_BYTES (native vector width), SUF, FABS and POW defined. */
 #define CAT_(a, b) a##_##b
@@ -131,6 +131,34 @@ static void NAME(prim)(const T *x, int64_t n, int64_t d, int metric, T p, int64_
         if (metric != METRIC_MATRIX)
             for (int64_t i = 0; i < d; ++i) cols[TILE(bk, i, d)] = cols[TILE(m, i, d)];
     }
+}
+
+/* counts[q] = number of (branch k, code j) with dist(queries[q, k], codes[k, j]) <= thr, where
+ * queries is (M, K, d), tiles holds each branch's n codes in the tiled layout (K blocks of cap * d)
+ * and thr is the radius in block_dist's units (squared for l2, p-th power for lp). */
+static void NAME(count_within)(const T *queries, const T *tiles, int64_t M, int64_t K, int64_t n, int64_t d,
+                               int64_t cap, int metric, T p, T thr, int64_t *counts) {
+#pragma omp parallel for schedule(static) if (M * K * n * d >= PARALLEL_WORK)
+    for (int64_t q = 0; q < M; ++q) {
+        T out[BLOCK];
+        int64_t c = 0;
+        for (int64_t k = 0; k < K; ++k) {
+            for (int64_t lo = 0; lo < n; lo += BLOCK) {
+                const int64_t hi = lo + BLOCK < n ? lo + BLOCK : n;
+                NAME(block_dist)(queries + (q * K + k) * d, tiles + k * cap * d, lo, hi, d, metric, p, out);
+                for (int64_t j = 0; j < hi - lo; ++j) c += out[j] <= thr;
+            }
+        }
+        counts[q] = c;
+    }
+}
+
+/* codes (K, n, d) -> tiles (K blocks of cap * d, padding zeroed) */
+static void NAME(tile_codes)(const T *codes, int64_t K, int64_t n, int64_t d, int64_t cap, T *tiles) {
+    memset(tiles, 0, (size_t)(K * cap * d) * sizeof(T));
+    for (int64_t k = 0; k < K; ++k)
+        for (int64_t j = 0; j < n; ++j)
+            for (int64_t i = 0; i < d; ++i) tiles[k * cap * d + TILE(j, i, d)] = codes[(k * n + j) * d + i];
 }
 
 #undef NAME

@@ -1,4 +1,6 @@
-/* Prim's minimum spanning tree over the complete graph of a point cloud.
+/* Native CPU kernels of corel: Prim's minimum spanning tree (0-dim persistence) and latent ball counts.
+ *
+ * Prim's minimum spanning tree over the complete graph of a point cloud.
  *
  * The 0-dim Vietoris-Rips death times of a cloud are the edge lengths of its MST.  Prim's O(n^2)
  * algorithm suits a complete graph: every step scans the vertices not yet in the tree.
@@ -41,7 +43,7 @@ enum { METRIC_L1 = 0, METRIC_L2 = 1, METRIC_LINF = 2, METRIC_P = 3, METRIC_MATRI
 #define POW powf
 #define VEC_BYTES 16
 #define SUF f32
-#include "_prim_impl.h"
+#include "_native_impl.h"
 #if defined(__x86_64__) && defined(__GNUC__)
 #undef VEC_BYTES
 #undef SUF
@@ -49,7 +51,7 @@ enum { METRIC_L1 = 0, METRIC_L2 = 1, METRIC_LINF = 2, METRIC_P = 3, METRIC_MATRI
 #define SUF f32_avx2
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
-#include "_prim_impl.h"
+#include "_native_impl.h"
 #pragma GCC pop_options
 #endif
 #undef T
@@ -69,7 +71,7 @@ enum { METRIC_L1 = 0, METRIC_L2 = 1, METRIC_LINF = 2, METRIC_P = 3, METRIC_MATRI
 #define POW pow
 #define VEC_BYTES 16
 #define SUF f64
-#include "_prim_impl.h"
+#include "_native_impl.h"
 #if defined(__x86_64__) && defined(__GNUC__)
 #undef VEC_BYTES
 #undef SUF
@@ -77,10 +79,16 @@ enum { METRIC_L1 = 0, METRIC_L2 = 1, METRIC_LINF = 2, METRIC_P = 3, METRIC_MATRI
 #define SUF f64_avx2
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
-#include "_prim_impl.h"
+#include "_native_impl.h"
 #pragma GCC pop_options
 #endif
 
+typedef void (*count_f32_fn)(const float *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t, int, float,
+                             float, int64_t *);
+typedef void (*count_f64_fn)(const double *, const double *, int64_t, int64_t, int64_t, int64_t, int64_t, int, double,
+                             double, int64_t *);
+static count_f32_fn count_float = count_within_f32;
+static count_f64_fn count_double = count_within_f64;
 typedef void (*prim_f32_fn)(const float *, int64_t, int64_t, int, float, int64_t *, float *, int64_t, int32_t *,
                             int32_t *, int32_t *, int32_t *, int64_t *);
 typedef void (*prim_f64_fn)(const double *, int64_t, int64_t, int, double, int64_t *, double *, int64_t, int64_t *,
@@ -134,20 +142,67 @@ static PyObject *mst_edges(PyObject *self, PyObject *args) {
     return PyBool_FromLong(finite);
 }
 
+static PyObject *count_within(PyObject *self, PyObject *args) {
+    Py_buffer qbuf, cbuf, obuf;
+    Py_ssize_t M, K, n, d;
+    int metric, is_double;
+    double p, radius;
+    if (!PyArg_ParseTuple(args, "y*y*w*nnnniddp", &qbuf, &cbuf, &obuf, &M, &K, &n, &d, &metric, &p, &radius,
+                          &is_double))
+        return NULL;
+    const size_t item = is_double ? sizeof(double) : sizeof(float);
+    PyObject *result = NULL;
+    if (metric == METRIC_MATRIX || (size_t)qbuf.len < (size_t)(M * K * d) * item ||
+        (size_t)cbuf.len < (size_t)(K * n * d) * item || (size_t)obuf.len < (size_t)M * sizeof(int64_t)) {
+        PyErr_SetString(PyExc_ValueError, "count_within: buffer sizes do not match M, K, n, d");
+        goto done;
+    }
+    const int64_t cap = (n + CHUNK - 1) / CHUNK * CHUNK;
+    void *tiles = malloc((size_t)(K * cap * d) * item + 1);
+    if (!tiles) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* the threshold in block_dist's units: squared for l2, p-th power for lp */
+    const double thr = metric == METRIC_L2 ? radius * radius : metric == METRIC_P ? pow(radius, p) : radius;
+    Py_BEGIN_ALLOW_THREADS
+    if (is_double) {
+        tile_codes_f64(cbuf.buf, K, n, d, cap, tiles);
+        count_double(qbuf.buf, tiles, M, K, n, d, cap, metric, p, thr, obuf.buf);
+    } else {
+        tile_codes_f32(cbuf.buf, K, n, d, cap, tiles);
+        count_float(qbuf.buf, tiles, M, K, n, d, cap, metric, (float)p, (float)thr, obuf.buf);
+    }
+    Py_END_ALLOW_THREADS
+    free(tiles);
+    Py_INCREF(Py_None);
+    result = Py_None;
+done:
+    PyBuffer_Release(&qbuf);
+    PyBuffer_Release(&cbuf);
+    PyBuffer_Release(&obuf);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"count_within", count_within, METH_VARARGS,
+     "count_within(queries, codes, counts, M, K, n, d, metric, p, radius, is_double): per query (M, K, d), the\n"
+     "number of codes (K, n, d) within radius in its own branch, summed over branches, into counts (M,)."},
     {"mst_edges", mst_edges, METH_VARARGS,
      "mst_edges(x, edges, batch, n, d, metric, p, is_double) -> bool: Prim MST edges of each cloud into\n"
      "edges; False (and edges unset) when x holds a NaN or inf."},
     {NULL, NULL, 0, NULL}};
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_prim", NULL, -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__prim(void) {
+PyMODINIT_FUNC PyInit__native(void) {
 #if defined(__x86_64__) && defined(__GNUC__)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         prim_float = prim_f32_avx2;
         prim_double = prim_f64_avx2;
+        count_float = count_within_f32_avx2;
+        count_double = count_within_f64_avx2;
     }
 #endif
     return PyModule_Create(&module);
