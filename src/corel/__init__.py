@@ -5,6 +5,7 @@ connectivity loss of Hofer et al. (ICML 2019), and one-class novelty detection f
 """
 
 from corel import pershom
+from corel.datasets import DATASETS, ImageData, load_dataset
 from corel.distances import edge_lengths, metric_order, pairwise_distances
 from corel.losses import ConnectivityLoss
 from corel.pershom import H0, h0_persistence, h0_persistence_from_distances
@@ -14,9 +15,12 @@ __version__ = "0.1.0"
 __all__ = [
     "H0",
     "ConnectivityLoss",
+    "DATASETS",
+    "ImageData",
     "edge_lengths",
     "h0_persistence",
     "h0_persistence_from_distances",
+    "load_dataset",
     "metric_order",
     "pairwise_distances",
     "pershom",
