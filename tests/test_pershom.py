@@ -212,11 +212,17 @@ def test_torchph_api_threshold_and_zero_bars():
     assert torch.equal(non_ess_d[0], non_ess_l2[0])
 
 
-def test_torchph_api_higher_dimension_not_implemented():
-    with pytest.raises(NotImplementedError, match="max_dimension"):
-        pershom.vr_persistence_l1(torch.randn(5, 2), 1)
-    with pytest.raises(ValueError, match="max_dimension"):
-        pershom.vr_persistence_l1(torch.randn(5, 2), -1)
+def test_torchph_api_higher_dimensions():
+    # a square of side 1: one loop born at 1 (the sides), dead at sqrt(2) (the diagonals)
+    square = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
+    non_ess, ess = pershom.vr_persistence_l2(square, 1)
+    assert len(non_ess) == len(ess) == 2
+    assert non_ess[1].tolist() == [[1.0, math.sqrt(2)]] and ess[1].shape == (0, 1)
+    non_ess, ess = pershom.vr_persistence_l2(square, 1, 1.2)  # no diagonals: the loop never dies
+    assert non_ess[1].shape == (0, 2) and ess[1].tolist() == [[1.0]]
+    for bad in [-1, 1.5, True]:
+        with pytest.raises(ValueError, match="max_dimension"):
+            pershom.vr_persistence_l1(torch.randn(5, 2), bad)
 
 
 def test_large_cloud_without_distance_matrix():

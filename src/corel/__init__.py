@@ -7,8 +7,9 @@ connectivity loss of Hofer et al. (ICML 2019), and one-class novelty detection f
 from corel import pershom
 from corel.datasets import DATASETS, ImageData, load_dataset
 from corel.distances import edge_lengths, metric_order, pairwise_distances
-from corel.losses import ConnectivityLoss
+from corel.losses import ConnectivityLoss, DiagramTargetLoss, TotalPersistence
 from corel.pershom import H0, h0_persistence, h0_persistence_from_distances
+from corel.rips import Diagram, persistence_pairs, rips_persistence, rips_persistence_from_distances
 
 __version__ = "0.1.0"
 
@@ -16,12 +17,18 @@ __all__ = [
     "H0",
     "ConnectivityLoss",
     "DATASETS",
+    "Diagram",
+    "DiagramTargetLoss",
     "ImageData",
+    "TotalPersistence",
     "edge_lengths",
     "h0_persistence",
     "h0_persistence_from_distances",
     "load_dataset",
     "metric_order",
     "pairwise_distances",
+    "persistence_pairs",
     "pershom",
+    "rips_persistence",
+    "rips_persistence_from_distances",
 ]

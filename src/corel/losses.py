@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from corel.distances import Metric, metric_order
 from corel.pershom import h0_persistence
+from corel.rips import persistence_pairs
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -61,3 +65,86 @@ class ConnectivityLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"eta={self.eta}, metric={self.metric!r}, branches={self.branches}, reduction={self.reduction!r}"
+
+
+def _finite_pairs(result: Any, dimension: int) -> Tensor:
+    """The (f, 2) finite (birth, death) pairs of ``dimension`` in a persistence result."""
+    if isinstance(result, Tensor):
+        if result.ndim != 2 or result.shape[1] != 2:
+            raise ValueError(f"pairs must have shape (f, 2), got {tuple(result.shape)}")
+        return result
+    per_dimension = persistence_pairs(result)
+    if dimension >= len(per_dimension):
+        raise ValueError(f"the result has dimensions 0..{len(per_dimension) - 1}, not {dimension}")
+    return per_dimension[dimension][0]
+
+
+def _check_dimension(dimension: Any) -> None:
+    if isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 0:
+        raise ValueError(f"dimension must be a non-negative int, got {dimension!r}")
+
+
+class TotalPersistence(nn.Module):
+    """Total persistence ``sum_i (death_i - birth_i)^p`` of the finite classes of one dimension.
+
+    ``forward(result)`` takes one cloud's persistence (a list of :class:`~corel.rips.Diagram`, a
+    torchph-style ``(non_essential, essential)`` pair, an :class:`~corel.pershom.H0`, or the
+    (f, 2) pairs themselves) and returns a scalar; essential classes are left out (infinite).
+    """
+
+    def __init__(self, dimension: int = 1, p: float = 1.0):
+        super().__init__()
+        _check_dimension(dimension)
+        if not p > 0:
+            raise ValueError(f"p must be > 0, got {p!r}")
+        self.dimension = dimension
+        self.p = float(p)
+
+    def forward(self, result: Any) -> Tensor:
+        pairs = _finite_pairs(result, self.dimension)
+        return (pairs[:, 1] - pairs[:, 0]).pow(self.p).sum()
+
+    def extra_repr(self) -> str:
+        return f"dimension={self.dimension}, p={self.p}"
+
+
+class DiagramTargetLoss(nn.Module):
+    """Penalises the deaths (or births) of one dimension away from ``target``: ``|x_i - target|^p``.
+
+    With ``dimension=0, coordinate="death", p=1, reduction="sum"`` it is the connectivity loss of
+    one cloud.  ``forward(result)`` takes what :class:`TotalPersistence` takes and returns the
+    "sum" or "mean" (0 without classes) over the finite classes (a scalar) or, with "none", one
+    value per class (f,).
+    """
+
+    def __init__(self, target: float, dimension: int = 0, coordinate: str = "death", p: float = 1.0,
+                 reduction: str = "sum"):
+        super().__init__()
+        _check_dimension(dimension)
+        if not math.isfinite(target):
+            raise ValueError(f"target must be a finite number, got {target!r}")
+        if coordinate not in ("birth", "death"):
+            raise ValueError(f"coordinate must be 'birth' or 'death', got {coordinate!r}")
+        if not p > 0:
+            raise ValueError(f"p must be > 0, got {p!r}")
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        self.target = float(target)
+        self.dimension = dimension
+        self.coordinate = coordinate
+        self.p = float(p)
+        self.reduction = reduction
+
+    def forward(self, result: Any) -> Tensor:
+        pairs = _finite_pairs(result, self.dimension)
+        values = pairs[:, 1 if self.coordinate == "death" else 0]
+        per_class = (values - self.target).abs().pow(self.p)
+        if self.reduction == "sum":
+            return per_class.sum()
+        if self.reduction == "mean":
+            return per_class.sum() / max(per_class.numel(), 1)  # no classes: 0, not NaN
+        return per_class
+
+    def extra_repr(self) -> str:
+        return (f"target={self.target}, dimension={self.dimension}, coordinate={self.coordinate!r}, "
+                f"p={self.p}, reduction={self.reduction!r}")

@@ -188,13 +188,12 @@ def h0_persistence_from_distances(dist: Tensor, *, backend: str = "auto") -> H0:
 
 
 def _torchph_result(
-    h0: H0, max_dimension: int, max_ball_diameter: float, drop_zero_bars: bool
+    h0: H0, max_dimension: int, max_ball_diameter: float, drop_zero_bars: bool,
+    data: Tensor, metric: Metric | None,
 ) -> tuple[list[Tensor], list[Tensor]]:
-    if max_dimension != 0:
-        if isinstance(max_dimension, int) and max_dimension >= 1:
-            raise NotImplementedError(
-                "max_dimension >= 1 (H1 and higher) is not implemented yet; only dimension 0 is"
-            )
+    """Dimension 0 from ``h0``; dimensions 1..max_dimension of ``data``, a cloud under ``metric``
+    or a distance matrix when ``metric`` is None."""
+    if isinstance(max_dimension, bool) or not isinstance(max_dimension, int) or max_dimension < 0:
         raise ValueError(f"max_dimension must be a non-negative int, got {max_dimension!r}")
     if h0.deaths.ndim != 1:
         raise ValueError("torchph-style functions take one cloud (n, d); use h0_persistence for batches")
@@ -208,9 +207,16 @@ def _torchph_result(
     if drop_zero_bars:
         keep &= deaths > 0
     kept = deaths[keep]
-    non_essential = torch.stack([torch.zeros_like(kept), kept], dim=1)
-    essential = deaths.new_zeros(essential_count, 1)
-    return [non_essential], [essential]
+    non_essential = [torch.stack([torch.zeros_like(kept), kept], dim=1)]
+    essential = [deaths.new_zeros(essential_count, 1)]
+    if max_dimension >= 1:
+        from corel.rips import _higher_diagrams  # lazily: corel.rips builds on this module
+
+        threshold = max_ball_diameter if max_ball_diameter > 0 else math.inf
+        for diagram in _higher_diagrams(data, metric, max_dimension, threshold):
+            non_essential.append(diagram.pairs)
+            essential.append(diagram.essential[:, None])
+    return non_essential, essential
 
 
 def vr_persistence_l1(
@@ -218,15 +224,23 @@ def vr_persistence_l1(
 ) -> tuple[list[Tensor], list[Tensor]]:
     """torchph-compatible Vietoris-Rips persistence of ``point_cloud`` (n, d) under l1.
 
-    Returns ``(non_essential, essential)``: ``non_essential[0]`` is a (k, 2) tensor of
-    (birth=0, death) rows ascending by death, ``essential[0]`` a (m, 1) tensor of births (0) of the
-    classes that never die: the one infinite class, plus one per edge longer than
-    ``max_ball_diameter`` when that is > 0 (such edges are ignored, as in torchph).
-    Unlike torchph, zero-length bars (duplicate points) are kept; ``drop_zero_bars=True`` drops
-    them as torchph does.
+    Returns ``(non_essential, essential)``, lists indexed by homology dimension 0..max_dimension:
+    ``non_essential[k]`` a (f, 2) tensor of (birth, death) rows, ascending by death,
+    ``essential[k]`` a (m, 1) tensor of the births of the classes that never die.  Edges longer
+    than ``max_ball_diameter`` are ignored when it is > 0 (as in torchph), which leaves classes
+    alive: one more essential class of dimension 0 per ignored tree edge, and essential classes
+    of dimension >= 1; without it the only essential class is the one of dimension 0.
+
+    Differences from torchph: ``max_dimension`` is the highest *homology* dimension, computed
+    with its true Vietoris-Rips semantics (triangles are built for dimension 1, so its finite
+    bars are there); torchph's ``max_dimension`` counts simplex dimension, so there
+    ``max_dimension=1`` builds no triangles and every 1-cycle is reported as essential.  Zero-length
+    bars of dimension 0 (duplicate points) are kept; ``drop_zero_bars=True`` drops them as torchph
+    does (dimension >= 1 never has them).  Dimension >= 1 needs giotto-ph
+    (``pip install 'corel[higher]'``), see :mod:`corel.rips`.
     """
     h0 = h0_persistence(point_cloud, "l1")
-    return _torchph_result(h0, max_dimension, max_ball_diameter, drop_zero_bars)
+    return _torchph_result(h0, max_dimension, max_ball_diameter, drop_zero_bars, point_cloud, "l1")
 
 
 def vr_persistence_l2(
@@ -234,7 +248,7 @@ def vr_persistence_l2(
 ) -> tuple[list[Tensor], list[Tensor]]:
     """As :func:`vr_persistence_l1`, under the Euclidean (l2) metric."""
     h0 = h0_persistence(point_cloud, "l2")
-    return _torchph_result(h0, max_dimension, max_ball_diameter, drop_zero_bars)
+    return _torchph_result(h0, max_dimension, max_ball_diameter, drop_zero_bars, point_cloud, "l2")
 
 
 def vr_persistence(
@@ -242,4 +256,4 @@ def vr_persistence(
 ) -> tuple[list[Tensor], list[Tensor]]:
     """As :func:`vr_persistence_l1`, from a symmetric (n, n) distance matrix (differentiable)."""
     h0 = h0_persistence_from_distances(distance_matrix)
-    return _torchph_result(h0, max_dimension, max_ball_diameter, drop_zero_bars)
+    return _torchph_result(h0, max_dimension, max_ball_diameter, drop_zero_bars, distance_matrix, None)
