@@ -10,6 +10,13 @@ from corel.distances import edge_lengths, metric_order, pairwise_distances
 from corel.losses import ConnectivityLoss, DiagramTargetLoss, TotalPersistence
 from corel.pershom import H0, h0_persistence, h0_persistence_from_distances
 from corel.rips import Diagram, persistence_pairs, rips_persistence, rips_persistence_from_distances
+from corel.theory import (
+    analyze_densification,
+    batch_size_for_tolerance,
+    batch_size_guideline,
+    densification,
+    tolerance_for_batch_size,
+)
 
 __version__ = "0.1.0"
 
@@ -21,6 +28,10 @@ __all__ = [
     "DiagramTargetLoss",
     "ImageData",
     "TotalPersistence",
+    "analyze_densification",
+    "batch_size_for_tolerance",
+    "batch_size_guideline",
+    "densification",
     "edge_lengths",
     "h0_persistence",
     "h0_persistence_from_distances",
@@ -31,4 +42,5 @@ __all__ = [
     "pershom",
     "rips_persistence",
     "rips_persistence_from_distances",
+    "tolerance_for_batch_size",
 ]
