@@ -1,45 +1,189 @@
-"""The ``corel`` command line."""
+"""corel: connectivity-optimized representation learning and one-class detection from few samples."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        return value
+
+    return parse
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _add_data_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    from corel.datasets import DATASETS
+
+    p.add_argument("--data", choices=DATASETS, default=default, required=default is None, help="dataset name")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="folder (or file) holding the dataset; default $COREL_DATA or ~/.cache/corel/data")
+    p.add_argument("--no-download", dest="download", action="store_false", help="never try to download")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training (defaults: the authors' setup)")
+    g.add_argument("--epochs", type=_int_at_least(1), default=50)
+    g.add_argument("--batch-size", type=_int_at_least(2), default=100)
+    g.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate")
+    g.add_argument("--eta", type=_positive_float, default=2.0, help="connectivity scale (latent l1 units)")
+    g.add_argument("--lam", type=_non_negative_float, default=20.0, help="weight of the connectivity loss")
+    g.add_argument("--metric", default="l1", help="latent metric: l1, l2, linf or a number p >= 1")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--arch", choices=("conv", "mlp"), default=None, help="default: conv for 32x32 images, else mlp")
+    g.add_argument("--branches", type=_int_at_least(1), default=16)
+    g.add_argument("--branch-dim", type=_int_at_least(1), default=10)
+    g.add_argument("--filters", type=_int_list, default=None, help="conv channels / MLP widths, e.g. 32,64,128")
+    g.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
+    g.add_argument("--devices", default="auto", help="Lightning devices: auto, a count, or a list")
+    g.add_argument("--num-nodes", type=_int_at_least(1), default=1)
+
+
+def _train_config(args: argparse.Namespace):
+    from corel.distances import metric_order
+    from corel.training import TrainConfig
+
+    metric = args.metric if args.metric in ("l1", "l2", "linf") else float(args.metric)
+    metric_order(metric)
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, eta=args.eta, lam=args.lam,
+                       metric=metric, seed=args.seed)
+
+
+def _trainer_kwargs(args: argparse.Namespace) -> dict:
+    devices = int(args.devices) if args.devices.isdigit() else args.devices
+    return {"accelerator": args.accelerator, "devices": devices, "num_nodes": args.num_nodes}
+
+
+def _train(args: argparse.Namespace) -> int:
+    from corel.datasets import load_dataset
+    from corel.experiments import default_model_config, train_backbone
+
+    config = _train_config(args)
+    data = load_dataset(args.data, args.data_dir, download=args.download)
+    model_config = default_model_config(data, args.branches, args.branch_dim, args.filters, args.arch)
+    train_backbone(data, args.out, model_config, config, resume=args.resume, progress=not args.quiet,
+                   **_trainer_kwargs(args))
+    print(f"backbone written to {args.out / 'backbone.pt'}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from corel.backbone import Backbone
+    from corel.datasets import load_dataset
+    from corel.experiments import evaluate_backbone
+
+    backbone = Backbone.load(args.backbone)
+    data = load_dataset(args.data, args.data_dir, download=args.download)
+    for n in args.n:
+        result = evaluate_backbone(backbone, data, args.out, n=n, draws=args.draws, seed=args.seed,
+                                   radius=args.radius, progress=not args.quiet)
+        print(result.markdown())
+    print(f"reports written to {args.out}")
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from corel.experiments import reproduce
+
+    results = reproduce(args.protocol, args.out, args.data_dir, eval_data_dir=args.eval_data_dir, ns=args.n,
+                        draws=args.draws, seed=args.seed, config=_train_config(args), download=args.download,
+                        progress=not args.quiet, **_trainer_kwargs(args))
+    print((args.out / "summary.md").read_text())
+    return 0 if results else 1
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import torch
+    from corel.experiments import demo
 
-    from corel import ConnectivityLoss
-
-    torch.manual_seed(args.seed)
-    z = (0.05 * torch.randn(100, 160)).requires_grad_()
-    loss_fn = ConnectivityLoss(eta=2.0, branches=16)
-    opt = torch.optim.Adam([z], lr=0.05)
-    for step in range(args.steps + 1):
-        deaths = loss_fn.death_times(z)
-        loss = loss_fn.from_death_times(deaths)
-        if step % max(1, args.steps // 5) == 0:
-            near = ((deaths - 2.0).abs() <= 0.2).float().mean().item()
-            print(f"step {step:4d}  loss {loss.item():8.2f}  death mean {deaths.mean().item():.3f}  within 10% of eta {near:.0%}")
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    results = demo(args.out, quick=args.quick, seed=args.seed, progress=False)
+    for label, r in results.items():
+        print(f"\n## {label}\n{r.markdown()}")
+    means = ", ".join(f"{label}: {r.mean:.2f}" for label, r in results.items())
+    print(f"mean AUROC x 100 ({means}); reports and plots in {args.out}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from corel.experiments import PROTOCOLS
+
     parser = argparse.ArgumentParser(prog="corel", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="optimise 16 branches of 100 codes towards death times eta=2")
-    demo.add_argument("--steps", type=int, default=200)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(func=_demo)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a backbone with reconstruction + lambda * connectivity loss")
+    _add_data_args(p)
+    _add_train_args(p)
+    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, logs, backbone.pt)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="one-class AUROC per class of a dataset with a trained backbone")
+    p.add_argument("--backbone", type=Path, required=True, help="backbone.pt written by `corel train`")
+    _add_data_args(p)
+    p.add_argument("-n", type=_int_list, default=(120,), help="samples per class, e.g. 80,120,500")
+    p.add_argument("--draws", type=_int_at_least(1), default=5, help="random draws per class")
+    p.add_argument("--radius", type=_positive_float, default=None, help="ball radius (default: the backbone's eta)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="folder for CSV/JSON/Markdown/PNG reports")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("reproduce", help="run a paper protocol end to end (train if needed, then evaluate)")
+    p.add_argument("protocol", choices=list(PROTOCOLS), help="; ".join(f"{k}: {v.description}" for k, v in PROTOCOLS.items()))
+    p.add_argument("--data-dir", type=Path, default=None, help="folder holding the training dataset")
+    p.add_argument("--eval-data-dir", type=Path, default=None, help="folder holding the evaluation dataset, if elsewhere")
+    p.add_argument("--no-download", dest="download", action="store_false")
+    _add_train_args(p)
+    p.add_argument("-n", type=_int_list, default=(120,), help="samples per class, e.g. 80,120,500")
+    p.add_argument("--draws", type=_int_at_least(1), default=5)
+    p.add_argument("--out", type=Path, required=True, help="run folder; an existing backbone there is reused")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_reproduce)
+
+    p = sub.add_parser("demo", help="the whole method on sklearn's bundled digits, with and without the loss")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--quick", action="store_true", help="a few epochs and one draw (seconds; used by the tests)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, ImportError) as e:
+        parser.exit(2, f"corel {args.command}: error: {e}\n")
 
 
 if __name__ == "__main__":

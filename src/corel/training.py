@@ -220,8 +220,8 @@ def train(
     info: dict | None = None,
 ) -> Backbone:
     """Trains a backbone on uint8 ``images`` (N, *input_shape) and writes into ``out_dir``:
-    checkpoints/last.ckpt (every epoch, atomically), metrics.csv, backbone.pt, summary.json and
-    death_times.png.  ``resume=True`` continues from checkpoints/last.ckpt, losing at most the
+    checkpoints/last.ckpt (every epoch, atomically), logs/version_k/metrics.csv (one folder per
+    start or resume), backbone.pt, summary.json and death_times.png.  ``resume=True`` continues from checkpoints/last.ckpt, losing at most the
     unfinished epoch.  Returns the trained :class:`Backbone`.
     """
     out = Path(out_dir)
@@ -238,8 +238,11 @@ def train(
         accelerator=accelerator,
         devices=devices,
         num_nodes=num_nodes,
-        logger=CSVLogger(out, name="", version=""),
-        callbacks=[ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0), _RunReport()],
+        # a fresh logs/version_k per (re)start: the CSV logger would otherwise delete earlier rows
+        logger=CSVLogger(out, name="logs"),
+        # every epoch: the newest epoch file plus last.ckpt, both written atomically by Lightning
+        callbacks=[ModelCheckpoint(dirpath=out / "checkpoints", filename="{epoch:03d}", save_last=True,
+                                   save_top_k=1, monitor=None, every_n_epochs=1), _RunReport()],
         enable_progress_bar=progress,
         enable_model_summary=False,
         log_every_n_steps=50,

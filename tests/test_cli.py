@@ -1,0 +1,30 @@
+import json
+
+import pytest
+
+from corel.cli import main
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--data", "digits", "--out", "x", "--eta", "0"], "--eta: must be > 0"),
+    (["train", "--data", "digits", "--out", "x", "--batch-size", "1"], "--batch-size: must be >= 2"),
+    (["train", "--data", "mnist", "--out", "x"], "invalid choice"),
+    (["evaluate", "--backbone", "missing.pt", "--data", "digits", "--out", "x"], "backbone file not found"),
+])
+def test_bad_arguments_give_one_line_error(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_demo_quick_then_evaluate(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "lambda=1" in out and "lambda=0" in out and "mean AUROC" in out
+    assert (tmp_path / "auroc_digits.png").stat().st_size > 0
+    report = json.loads((tmp_path / "lambda1" / "auroc_digits_n40.json").read_text())
+    assert len(report["classes"]) == 10 and report["mean"] > 80  # digits are easy; chance is 50
+    assert main(["evaluate", "--backbone", str(tmp_path / "lambda1" / "backbone.pt"), "--data", "digits",
+                 "-n", "30", "--draws", "2", "--out", str(tmp_path / "eval"), "--quiet"]) == 0
+    assert (tmp_path / "eval" / "auroc_digits_n30.md").read_text().count("|") > 20
