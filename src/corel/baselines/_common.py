@@ -1,0 +1,133 @@
+"""What every baseline detector shares: input validation, seeding, mini-batch training and scoring."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.utils.validation import check_is_fitted
+from torch import Tensor, nn
+
+
+def as_images(X: np.ndarray | Tensor, shape: tuple[int, ...] | None = None) -> Tensor:
+    """Images (N, C, H, W), uint8 0..255 or float in [0, 1] -> float32 CPU tensor in [0, 1].
+
+    ``shape``: the (C, H, W) the images must have (the fitted one when scoring); None = any.
+    """
+    t = torch.as_tensor(X)
+    if t.ndim != 4:
+        raise ValueError(f"expected images of shape (N, C, H, W), got an array of shape {tuple(t.shape)}")
+    if shape is not None and tuple(t.shape[1:]) != tuple(shape):
+        raise ValueError(f"expected images of shape (N, {', '.join(map(str, shape))}), got {tuple(t.shape)}")
+    if t.shape[0] == 0:
+        raise ValueError("no images given (N = 0)")
+    if t.dtype == torch.uint8:
+        return t.float().div_(255)
+    if not t.is_floating_point():
+        raise ValueError(f"images must be uint8 (0..255) or float (0..1), got {t.dtype}")
+    if not torch.isfinite(t).all():
+        raise ValueError("images contain NaN or inf values")
+    if t.min() < 0 or t.max() > 1:
+        raise ValueError(f"float images must lie in [0, 1], got values in [{t.min().item():.3g}, {t.max().item():.3g}]"
+                         " (pass uint8 for 0..255 data)")
+    return t.cpu().float()
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Runs the block with the global torch RNGs (CPU and ``device``) seeded, restoring them afterwards:
+    weight initialisation, dropout and noise inside are reproducible and the caller's state is untouched."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def minibatches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
+    """One epoch of shuffled index batches over range(n).  A trailing batch of one sample is dropped
+    (batch norm cannot train on it); the shuffle differs per epoch, so no sample is always left out."""
+    order = torch.randperm(n, generator=generator)
+    for start in range(0, n, batch_size):
+        idx = order[start: start + batch_size]
+        if len(idx) > 1 or n == 1:
+            yield idx
+
+
+def train(
+    model: nn.Module,
+    loss_fn: Callable[[Tensor], Tensor],
+    data: Tensor,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    verbose: bool = False,
+    name: str = "",
+) -> None:
+    """Mini-batch training: per epoch, ``loss_fn(data[batch])`` over shuffled batches, one optimizer step
+    each; ``scheduler`` steps once per epoch.  ``data`` lives on the training device."""
+    model.train()
+    for epoch in range(epochs):
+        total, count = 0.0, 0
+        for idx in minibatches(len(data), batch_size, generator):
+            loss = loss_fn(data[idx.to(data.device)])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, count = total + loss.item() * len(idx), count + len(idx)
+        if scheduler is not None:
+            scheduler.step()
+        if verbose:
+            print(f"{name} epoch {epoch + 1}/{epochs}  loss {total / max(count, 1):.6g}", flush=True)
+
+
+def in_batches(fn: Callable[[Tensor], Tensor], images: Tensor, batch_size: int, device: torch.device) -> Tensor:
+    """``fn`` applied to ``images`` (N, ...) in batches on ``device``; results concatenated on the CPU."""
+    return torch.cat([fn(images[i: i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)])
+
+
+def check_positive(**params: float) -> None:
+    """ValueError naming the first parameter that is not > 0."""
+    for name, value in params.items():
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+
+
+class BaselineDetector(OutlierMixin, BaseEstimator):
+    """Base of the baseline one-class detectors: scikit-learn estimator conventions (``__init__`` stores
+    parameters, ``fit`` returns self, learned state ends in ``_``), images as in :func:`as_images`.
+
+    Subclasses implement ``_fit(images)`` and ``_score(images) -> (N,)``; both receive float32 CPU
+    tensors in [0, 1] and run with the RNGs seeded from ``self.seed``, on ``self.device_``.
+    """
+
+    seed: int
+    device: str
+
+    def fit(self, X: np.ndarray | Tensor, y: None = None) -> "BaselineDetector":
+        """Learns the class from its samples X (N, C, H, W), N >= 2."""
+        images = as_images(X)
+        if len(images) < 2:
+            raise ValueError(f"need at least 2 class samples to fit, got {len(images)}")
+        self.device_ = torch.device(self.device)
+        self.input_shape_ = tuple(images.shape[1:])
+        with seeded(self.seed, self.device_):
+            self._fit(images)
+        return self
+
+    def score_samples(self, X: np.ndarray | Tensor) -> np.ndarray:
+        """(N,) float64 normality scores of images X (N, *input_shape_); higher = more normal."""
+        check_is_fitted(self, "input_shape_")
+        images = as_images(X, self.input_shape_)
+        with seeded(self.seed, self.device_):
+            return self._score(images).double().numpy()
+
+    def _fit(self, images: Tensor) -> None:
+        raise NotImplementedError
+
+    def _score(self, images: Tensor) -> Tensor:
+        raise NotImplementedError
