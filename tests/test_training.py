@@ -84,3 +84,12 @@ def test_bad_train_config(kwargs, message):
 def test_death_statistics():
     s = death_statistics(torch.tensor([1.0, 2.0, 2.1, 3.0]), eta=2.0)
     assert s["min"] == 1 and s["max"] == 3 and s["near_eta"] == 0.5 and s["mean"] == pytest.approx(2.025)
+
+
+def test_backbone_from_checkpoint_matches_final_backbone(tmp_path, digits):
+    from corel.training import backbone_from_checkpoint
+
+    backbone = run(digits, tmp_path, epochs=2)
+    from_ckpt = backbone_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert from_ckpt.info["epochs_completed"] == 2 and from_ckpt.eta == 1.0
+    torch.testing.assert_close(from_ckpt.encode(digits[:5]), backbone.encode(digits[:5]))

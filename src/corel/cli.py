@@ -101,7 +101,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     from corel.datasets import load_dataset
     from corel.experiments import evaluate_backbone
 
-    backbone = Backbone.load(args.backbone)
+    if args.backbone.suffix == ".ckpt":  # an unfinished run's checkpoint
+        from corel.training import backbone_from_checkpoint
+
+        backbone = backbone_from_checkpoint(args.backbone)
+    else:
+        backbone = Backbone.load(args.backbone)
     data = load_dataset(args.data, args.data_dir, download=args.download)
     for n in args.n:
         result = evaluate_backbone(backbone, data, args.out, n=n, draws=args.draws, seed=args.seed,
@@ -132,6 +137,44 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from corel.backbone import Backbone
+    from corel.datasets import load_dataset
+    from corel.experiments import compare
+
+    backbone = Backbone.load(args.backbone) if args.backbone else None
+    data = load_dataset(args.data, args.data_dir, download=args.download)
+    compare(args.methods.split(","), data, args.out, backbone=backbone, n=args.n, draws=args.draws, seed=args.seed,
+            small=args.small, progress=not args.quiet)
+    print((args.out / f"compare_{data.name}_n{args.n}.md").read_text())
+    return 0
+
+
+def _analyze_batch_size(args: argparse.Namespace) -> int:
+    from corel.theory import batch_size_for_tolerance, tolerance_for_batch_size
+
+    if args.batch_size is not None:
+        t = tolerance_for_batch_size(args.batch_size, args.dim, args.eta)
+        print(f"batch size {args.batch_size}, branch dim {args.dim}, eta {args.eta}: death times can all lie within "
+              f"+-{t:.3f} eta, i.e. [{args.eta * (1 - t):.3f}, {args.eta * (1 + t):.3f}]")
+    else:
+        b = batch_size_for_tolerance(args.dim, args.eta, args.tolerance)
+        print(f"branch dim {args.dim}, eta {args.eta}, death times within +-{args.tolerance} eta: batch size <= {b}")
+    return 0
+
+
+def _analyze_densification(args: argparse.Namespace) -> int:
+    from corel.backbone import Backbone
+    from corel.datasets import load_dataset
+    from corel.experiments import analyze_backbone_densification
+
+    result = analyze_backbone_densification(Backbone.load(args.backbone), load_dataset(args.data, args.data_dir,
+                                            download=args.download), args.out, batch_size=args.batch_size,
+                                            num_samples=args.num_samples, seed=args.seed)
+    print((args.out / "densification.csv").read_text())
+    return 0 if result is not None else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from corel.experiments import PROTOCOLS
 
@@ -147,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="one-class AUROC per class of a dataset with a trained backbone")
-    p.add_argument("--backbone", type=Path, required=True, help="backbone.pt written by `corel train`")
+    p.add_argument("--backbone", type=Path, required=True, help="backbone.pt written by `corel train` (or a checkpoints/*.ckpt of a run)")
     _add_data_args(p)
     p.add_argument("-n", type=_int_list, default=(120,), help="samples per class, e.g. 80,120,500")
     p.add_argument("--draws", type=_int_at_least(1), default=5, help="random draws per class")
@@ -168,6 +211,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run folder; an existing backbone there is reused")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_reproduce)
+
+    p = sub.add_parser("compare", help="corel and the baselines on identical draws: one table and one chart")
+    _add_data_args(p)
+    p.add_argument("--methods", default="corel,ocsvm_cae,deep_svdd,dagmm,dsebm,geom",
+                   help="comma-separated: corel, ocsvm_cae, deep_svdd, dagmm, dsebm, geom")
+    p.add_argument("--backbone", type=Path, default=None, help="backbone.pt for method corel")
+    p.add_argument("-n", type=_int_at_least(1), default=120, help="samples per class")
+    p.add_argument("--draws", type=_int_at_least(1), default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--small", action="store_true", help="CPU-sized baseline networks (GEOM: a small net)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_compare)
+
+    p = sub.add_parser("analyze", help="the paper's theory: batch-size guideline, densification of death times")
+    tools = p.add_subparsers(dest="tool", required=True, metavar="TOOL")
+    t = tools.add_parser("batch-size", help="metric-entropy batch-size guideline for a branch (and the reverse)")
+    t.add_argument("--dim", type=_int_at_least(1), default=10, help="branch dimension")
+    t.add_argument("--eta", type=_positive_float, default=2.0)
+    t.add_argument("--tolerance", type=_non_negative_float, default=0.1, help="relative: death times in eta*(1 +- t)")
+    t.add_argument("--batch-size", type=_int_at_least(2), default=None, help="reverse: the tolerance this batch allows")
+    t.set_defaults(func=_analyze_batch_size)
+    t = tools.add_parser("densification", help="death times of N >> b encoded samples, per branch")
+    t.add_argument("--backbone", type=Path, required=True)
+    _add_data_args(t)
+    t.add_argument("--batch-size", type=_int_at_least(2), default=100, help="the training batch size b")
+    t.add_argument("--num-samples", type=_int_at_least(2), default=None, help="largest N (default: all training images)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", type=Path, required=True)
+    t.set_defaults(func=_analyze_densification)
 
     p = sub.add_parser("demo", help="the whole method on sklearn's bundled digits, with and without the loss")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))

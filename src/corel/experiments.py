@@ -131,3 +131,60 @@ def demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, seed: int = 
         results[label] = evaluate_backbone(backbone, data, run, n=n, draws=draws, seed=seed, progress=progress, method=label)
     plot_auroc_bars(results, out / "auroc_digits.png", title=f"one-class AUROC on digits, n={n}")
     return results
+
+
+def compare(methods: list[str], data: ImageData, out_dir: str | Path, *, backbone: Backbone | None = None,
+            n: int = 120, draws: int = 5, seed: int = 0, small: bool = False, classes: list[int] | None = None,
+            progress: bool = True) -> dict[str, ProtocolResult]:
+    """Runs corel and baselines on identical draws (same seed: same samples per class and draw) and
+    writes compare_<data>_n<n>.csv/.md and a grouped bar chart .png (the paper's figure style).
+    ``small``: the baselines' CPU-sized settings (``corel.baselines.SMALL_SETTINGS``)."""
+    from corel.baselines import BASELINES, SMALL_SETTINGS
+
+    unknown = [m for m in methods if m != "corel" and m not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from corel, {', '.join(BASELINES)}")
+    if "corel" in methods and backbone is None:
+        raise ValueError("method corel needs a backbone (train one with `corel train`)")
+    out = Path(out_dir)
+    results: dict[str, ProtocolResult] = {}
+    for m in methods:
+        if m == "corel":
+            results[m] = evaluate_backbone(backbone, data, out / m, n=n, draws=draws, seed=seed, classes=classes,
+                                           progress=progress)
+            continue
+        settings = SMALL_SETTINGS[m] if small else {}
+        results[m] = evaluate(lambda: BASELINES[m](seed=seed, **settings), data.x_train, data.y_train, data.x_test,
+                              data.y_test, class_names=list(data.class_names), n=n, draws=draws, seed=seed,
+                              classes=classes, method=m, dataset=data.name, progress=progress)
+        results[m].settings.update(settings)
+        results[m].write(out / m, stem=f"auroc_{data.name}_n{n}")
+    stem = out / f"compare_{data.name}_n{n}"
+    names = results[methods[0]].class_names
+    header = "| method | mean AUROC | std over draws | seconds | " + " | ".join(names) + " |"
+    rows = [header, "|" + "---|" * (4 + len(names))]
+    for m, r in results.items():
+        rows.append(f"| {m} | {r.mean:.2f} | {r.std_over_draws:.2f} | {r.seconds:.0f} | "
+                    + " | ".join(f"{v:.1f}" for v in r.per_class) + " |")
+    stem.with_suffix(".md").write_text("\n".join(rows) + "\n")
+    with open(stem.with_suffix(".csv"), "w") as f:
+        f.write("method,mean,std_over_draws,seconds," + ",".join(names) + "\n")
+        for m, r in results.items():
+            f.write(f"{m},{r.mean:.4f},{r.std_over_draws:.4f},{r.seconds:.1f}," + ",".join(f"{v:.4f}" for v in r.per_class) + "\n")
+    plot_auroc_bars(results, stem.with_suffix(".png"), title=f"one-class AUROC on {data.name}, n={n}, {draws} draws")
+    return results
+
+
+def analyze_backbone_densification(backbone: Backbone, data: ImageData, out_dir: str | Path, *,
+                                   batch_size: int = 100, num_samples: int | None = None, seed: int = 0):
+    """Death times of N encoded training samples for N = b, 2b, 5b, ..., per branch
+    (:func:`corel.theory.analyze_densification` on the backbone's codes)."""
+    from corel.theory import analyze_densification
+
+    total = len(data.x_train) if num_samples is None else min(num_samples, len(data.x_train))
+
+    def encode(indices: np.ndarray) -> torch.Tensor:
+        return backbone.encode(data.x_train[indices]).flatten(1)
+
+    return analyze_densification(encode, out_dir, eta=backbone.eta, batch_size=batch_size, num_samples=total,
+                                 metric=backbone.metric, branches=backbone.config.branches, seed=seed)

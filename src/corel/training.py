@@ -264,3 +264,15 @@ def train(
             death_time_histogram(deaths.numpy(), config.eta, out / "death_times.png",
                                  title=f"0-dim death times, last epoch (lambda={config.lam})")
     return backbone
+
+
+def backbone_from_checkpoint(path: str | os.PathLike) -> Backbone:
+    """The backbone inside a training checkpoint (e.g. checkpoints/last.ckpt of an unfinished run)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    _check_checkpoint(path)
+    module = ConnectivityAutoencoder.load_from_checkpoint(path, map_location="cpu")
+    hp = module.hparams
+    info = {"checkpoint": str(path), "epochs_completed": torch.load(path, map_location="cpu", weights_only=False)["epoch"] + 1}
+    return Backbone(module.model.eval(), hp.eta, hp.metric, info)
