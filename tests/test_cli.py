@@ -28,3 +28,22 @@ def test_demo_quick_then_evaluate(tmp_path, capsys):
     assert main(["evaluate", "--backbone", str(tmp_path / "lambda1" / "backbone.pt"), "--data", "digits",
                  "-n", "30", "--draws", "2", "--out", str(tmp_path / "eval"), "--quiet"]) == 0
     assert (tmp_path / "eval" / "auroc_digits_n30.md").read_text().count("|") > 20
+
+
+def test_compare_on_identical_draws(tmp_path):
+    from corel.datasets import load_dataset
+    from corel.experiments import compare, default_model_config
+    from corel.training import TrainConfig, train
+
+    data = load_dataset("digits")
+    backbone = train(data.x_train, tmp_path / "bb", default_model_config(data, branches=4, branch_dim=3),
+                     TrainConfig(epochs=2, batch_size=50, eta=1.0, lam=1.0), accelerator="cpu", devices=1,
+                     progress=False)
+    results = compare(["corel", "dagmm"], data, tmp_path, backbone=backbone, n=20, draws=1, classes=[0, 1],
+                      small=True, progress=False)
+    assert set(results) == {"corel", "dagmm"} and all(r.auroc.shape == (2, 1) for r in results.values())
+    table = (tmp_path / "compare_digits_n20.md").read_text()
+    assert "| corel |" in table and "| dagmm |" in table
+    assert (tmp_path / "compare_digits_n20.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="unknown methods"):
+        compare(["corel", "svm"], data, tmp_path, backbone=backbone)
