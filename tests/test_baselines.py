@@ -21,7 +21,7 @@ FAST = {
     "deep_svdd": dict(pretrain_epochs=10, epochs=10, batch_size=16, lr=1e-3),
     "dagmm": dict(epochs=15, batch_size=16),
     "dsebm": dict(epochs=30, batch_size=24, lr=1e-2),
-    "geom": dict(net="small", epochs=2, batch_size=64, shift=2),
+    "geom": dict(net="small", epochs=2, batch_size=64),  # shift: a quarter of the side, 2 pixels
 }
 
 
@@ -197,6 +197,7 @@ def test_dirichlet_fit_recovers_known_concentrations():
 def test_geom_simple_score_is_the_sum_of_correct_log_probabilities(problem):
     train, test, labels = problem
     detector = GEOM(**{**FAST["geom"], "score": "simple"}).fit(train)
+    assert detector.shift_ == SIDE // 4
     log_p = detector._log_probs(as_images(test[:3])).double()
     expected = sum(log_p[:, t, t] for t in range(72))
     np.testing.assert_allclose(detector.score_samples(test[:3]), expected.numpy(), rtol=1e-12)
@@ -231,7 +232,7 @@ def test_scoring_checks_fit_and_shape(problem):
 @pytest.mark.parametrize("name, params, message", [
     ("geom", {"net": "resnet"}, "unknown network"),
     ("geom", {"score": "max"}, "score"),
-    ("geom", {"shift": 9}, "shift"),
+    ("geom", {"shift": 8}, "shift"),
     ("dsebm", {"score": "max"}, "score"),
     ("ocsvm_cae", {"nu": 0.0}, "nu"),
     ("deep_svdd", {"epochs": 0}, "epochs"),

@@ -173,7 +173,7 @@ class GEOM(BaselineDetector):
     """The transformation classifier of Golan & El-Yaniv.
 
     Training: every class sample under all 72 :data:`TRANSFORMATIONS` (translations by ``shift``
-    pixels), labelled by the transformation, images scaled to [-1, 1]; cross-entropy, Adam(``lr``) with
+    pixels; None = a quarter of the image side, the published 8 for 32x32 and 16 for 64x64), labelled by the transformation, images scaled to [-1, 1]; cross-entropy, Adam(``lr``) with
     L2 weight decay ``weight_decay`` on all parameters, batch 128, ``epochs`` passes over the 72 n
     transformed samples (the reference: ceil(200 / 72) = 3).
     Network ``net``: "wrn-10-4", the reference code's WRN for 32x32 data (CIFAR-10, Fashion-MNIST;
@@ -193,7 +193,7 @@ class GEOM(BaselineDetector):
         batch_size: int = 128,
         lr: float = 1e-3,
         weight_decay: float = 5e-4,
-        shift: int = 8,
+        shift: int | None = None,
         score: str = "dirichlet",
         seed: int = 0,
         device: str = "cpu",
@@ -217,8 +217,9 @@ class GEOM(BaselineDetector):
         channels, height, width = self.input_shape_
         if height != width:
             raise ValueError(f"GEOM rotates by quarter turns and needs square images, got {height}x{width}")
-        if not 0 <= self.shift <= height:
-            raise ValueError(f"shift must be in [0, {height}] for {height}x{width} images, got {self.shift}")
+        self.shift_ = height // 4 if self.shift is None else self.shift
+        if not 0 <= self.shift_ < height:
+            raise ValueError(f"shift must be in [0, {height}) for {height}x{width} images, got {self.shift_}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         depth, widen_factor = parse_network(self.net)
@@ -230,7 +231,7 @@ class GEOM(BaselineDetector):
 
         def loss(pairs: Tensor) -> Tensor:  # pairs index (image, transformation) as image * 72 + t
             t = pairs % t_count
-            x = transform(data[pairs // t_count], t, self.shift)
+            x = transform(data[pairs // t_count], t, self.shift_)
             return F.cross_entropy(self.network_(_network_input(x)), t)
 
         generator = torch.Generator().manual_seed(self.seed)
@@ -249,7 +250,7 @@ class GEOM(BaselineDetector):
         chunk = max(1, 512 // len(TRANSFORMATIONS))
 
         def log_probs(x: Tensor) -> Tensor:
-            flat = _network_input(transform_all(x, self.shift).flatten(0, 1))
+            flat = _network_input(transform_all(x, self.shift_).flatten(0, 1))
             return F.log_softmax(self.network_(flat), dim=1).reshape(len(x), len(TRANSFORMATIONS), -1)
 
         return in_batches(log_probs, images, chunk, self.device_)
