@@ -108,9 +108,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         backbone = Backbone.load(args.backbone)
     data = load_dataset(args.data, args.data_dir, download=args.download)
-    for n in args.n:
-        result = evaluate_backbone(backbone, data, args.out, n=n, draws=args.draws, seed=args.seed,
-                                   radius=args.radius, progress=not args.quiet)
+    results = evaluate_backbone(backbone, data, args.out, ns=args.n, draws=args.draws, seed=args.seed,
+                                radius=args.radius, progress=not args.quiet)
+    for result in results.values():
         print(result.markdown())
     print(f"reports written to {args.out}")
     return 0

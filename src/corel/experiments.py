@@ -56,11 +56,13 @@ def train_backbone(data: ImageData, out_dir: str | Path, model_config: Autoencod
                  info={"dataset": data.name, "train_images": int(len(data.x_train))}, **trainer_kwargs)
 
 
-def evaluate_backbone(backbone: Backbone, data: ImageData, out_dir: str | Path | None = None, *, n: int = 120,
-                      draws: int = 5, seed: int = 0, radius: float | None = None, classes: list[int] | None = None,
-                      progress: bool = True, method: str = "corel") -> ProtocolResult:
-    """The one-class protocol for ``backbone`` on ``data``.  Both splits are encoded once; each
-    class and draw then fits a :class:`OneClassDetector` on codes.  Writes the report when ``out_dir``."""
+def evaluate_backbone(backbone: Backbone, data: ImageData, out_dir: str | Path | None = None, *,
+                      ns: tuple[int, ...] = (120,), draws: int = 5, seed: int = 0, radius: float | None = None,
+                      classes: list[int] | None = None, progress: bool = True,
+                      method: str = "corel") -> dict[int, ProtocolResult]:
+    """The one-class protocol for ``backbone`` on ``data``, for each n in ``ns``.  Both splits are
+    encoded once; each class and draw then fits a :class:`OneClassDetector` on codes.  Writes the
+    reports (auroc_<data>_n<n>.*, settings_<data>_n<n>.json) when ``out_dir`` is given."""
     start = time.perf_counter()
     codes_train = backbone.encode(data.x_train)
     codes_test = backbone.encode(data.x_test)
@@ -70,19 +72,23 @@ def evaluate_backbone(backbone: Backbone, data: ImageData, out_dir: str | Path |
     def make() -> OneClassDetector:
         return OneClassDetector(None, radius=radius, metric=backbone.metric, branches=backbone.config.branches)
 
-    result = evaluate(make, codes_train, data.y_train, codes_test, data.y_test, class_names=list(data.class_names),
-                      n=n, draws=draws, seed=seed, classes=classes, method=method, dataset=data.name, progress=progress)
-    result.settings.update({"radius": radius, "metric": backbone.metric, "encode_seconds": encode_seconds,
-                            "backbone": backbone.info})
-    if out_dir is not None:
-        out = Path(out_dir)
-        result.write(out, stem=f"auroc_{data.name}_n{n}")
-        (out / f"settings_{data.name}_n{n}.json").write_text(json.dumps(
-            {"n": n, "draws": draws, "seed": seed, "radius": radius, "metric": backbone.metric,
-             "classes": result.settings["classes"], "backbone_info": backbone.info,
-             "encode_seconds": encode_seconds, "protocol_seconds": result.seconds,
-             "torch": torch.__version__, "machine": platform.platform()}, indent=2))
-    return result
+    results = {}
+    for n in ns:
+        result = evaluate(make, codes_train, data.y_train, codes_test, data.y_test, class_names=list(data.class_names),
+                          n=n, draws=draws, seed=seed, classes=classes, method=method, dataset=data.name,
+                          progress=progress)
+        result.settings.update({"radius": radius, "metric": backbone.metric, "encode_seconds": encode_seconds,
+                                "backbone": backbone.info})
+        if out_dir is not None:
+            out = Path(out_dir)
+            result.write(out, stem=f"auroc_{data.name}_n{n}")
+            (out / f"settings_{data.name}_n{n}.json").write_text(json.dumps(
+                {"n": n, "draws": draws, "seed": seed, "radius": radius, "metric": backbone.metric,
+                 "classes": result.settings["classes"], "backbone_info": backbone.info,
+                 "encode_seconds": encode_seconds, "protocol_seconds": result.seconds,
+                 "torch": torch.__version__, "machine": platform.platform()}, indent=2))
+        results[n] = result
+    return results
 
 
 def reproduce(name: str, out_dir: str | Path, data_dir: str | Path | None = None, *, eval_data_dir: str | Path | None = None,
@@ -105,7 +111,7 @@ def reproduce(name: str, out_dir: str | Path, data_dir: str | Path | None = None
                                   **trainer_kwargs)
     eval_data = train_data if proto.eval_data == proto.train_data and eval_data_dir is None else \
         load_dataset(proto.eval_data, eval_data_dir or data_dir, download=download)
-    results = {n: evaluate_backbone(backbone, eval_data, out, n=n, draws=draws, seed=seed, progress=progress) for n in ns}
+    results = evaluate_backbone(backbone, eval_data, out, ns=ns, draws=draws, seed=seed, progress=progress)
     lines = [f"# {name}: {proto.description}", "", "| n | mean AUROC | std over draws | published |", "|---|---|---|---|"]
     for n, r in results.items():
         published = f"{proto.published_mean:.2f}" if proto.published_mean is not None and n == 120 else "-"
@@ -128,7 +134,8 @@ def demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, seed: int = 
         run = out / label.replace("=", "")
         backbone = Backbone.load(run / "backbone.pt") if (run / "backbone.pt").exists() else \
             train_backbone(data, run, model_config, config, resume=True, progress=progress)
-        results[label] = evaluate_backbone(backbone, data, run, n=n, draws=draws, seed=seed, progress=progress, method=label)
+        results[label] = evaluate_backbone(backbone, data, run, ns=(n,), draws=draws, seed=seed, progress=progress,
+                                           method=label)[n]
     plot_auroc_bars(results, out / "auroc_digits.png", title=f"one-class AUROC on digits, n={n}")
     return results
 
@@ -150,8 +157,8 @@ def compare(methods: list[str], data: ImageData, out_dir: str | Path, *, backbon
     results: dict[str, ProtocolResult] = {}
     for m in methods:
         if m == "corel":
-            results[m] = evaluate_backbone(backbone, data, out / m, n=n, draws=draws, seed=seed, classes=classes,
-                                           progress=progress)
+            results[m] = evaluate_backbone(backbone, data, out / m, ns=(n,), draws=draws, seed=seed, classes=classes,
+                                           progress=progress)[n]
             continue
         settings = SMALL_SETTINGS[m] if small else {}
         results[m] = evaluate(lambda: BASELINES[m](seed=seed, **settings), data.x_train, data.y_train, data.x_test,
