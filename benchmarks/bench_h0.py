@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ def peers(x: np.ndarray, metric: str) -> dict:
     try:
         from ripser import ripser
 
+        warnings.filterwarnings("ignore", message="The input point cloud has more columns than rows")
         out["ripser"] = lambda: ripser(x, maxdim=0, metric=SCIPY_METRIC[metric])
     except ImportError:
         pass
