@@ -9,7 +9,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
 
 from corel.baselines import BASELINES, DSEBM, GEOM, OCSVMCAE, DeepSVDD
-from corel.baselines._common import as_images
+from corel.backbone import as_image_tensor
 from corel.baselines.dagmm import gmm_parameters, sample_energy
 from corel.baselines.dsebm import EnergyModel
 from corel.baselines.geom import TRANSFORMATIONS, fit_dirichlet, transform, transform_all
@@ -198,7 +198,7 @@ def test_geom_simple_score_is_the_sum_of_correct_log_probabilities(problem):
     train, test, labels = problem
     detector = GEOM(**{**FAST["geom"], "score": "simple"}).fit(train)
     assert detector.shift_ == SIDE // 4
-    log_p = detector._log_probs(as_images(test[:3])).double()
+    log_p = detector._log_probs(as_image_tensor(test[:3])).double()
     expected = sum(log_p[:, t, t] for t in range(72))
     np.testing.assert_allclose(detector.score_samples(test[:3]), expected.numpy(), rtol=1e-12)
     assert roc_auc_score(labels, detector.score_samples(test)) > 0.8

@@ -46,20 +46,29 @@ def safe_torch_load(path: str | os.PathLike, what: str) -> Any:
         raise ValueError(f"{what} {path} is corrupt, truncated or not a corel file: {e}") from e
 
 
-def as_image_tensor(x: np.ndarray | Tensor, input_shape: tuple[int, ...]) -> Tensor:
-    """Images (N, *input_shape), uint8 0..255 or float in [0, 1] -> float32 tensor in [0, 1]."""
+def as_image_tensor(x: np.ndarray | Tensor, input_shape: tuple[int, ...] | None = None) -> Tensor:
+    """Images, uint8 0..255 or float in [0, 1] -> float32 CPU tensor in [0, 1].
+
+    ``input_shape``: the per-sample shape required, e.g. (C, H, W) or (D,); None = any (N, C, H, W).
+    """
     t = torch.as_tensor(x)
-    if tuple(t.shape[1:]) != tuple(input_shape) or t.ndim != len(input_shape) + 1:
+    if input_shape is None:
+        if t.ndim != 4:
+            raise ValueError(f"expected images of shape (N, C, H, W), got an array of shape {tuple(t.shape)}")
+    elif t.ndim != len(input_shape) + 1 or tuple(t.shape[1:]) != tuple(input_shape):
         raise ValueError(f"expected images of shape (N, {', '.join(map(str, input_shape))}), got {tuple(t.shape)}")
     if t.shape[0] == 0:
         raise ValueError("no images given (N = 0)")
     if t.dtype == torch.uint8:
-        return t.float().div_(255)
+        return t.cpu().float().div_(255)
     if not t.is_floating_point():
-        raise ValueError(f"images must be uint8 or float, got {t.dtype}")
+        raise ValueError(f"images must be uint8 (0..255) or float (0..1), got {t.dtype}")
     if not torch.isfinite(t).all():
         raise ValueError("images contain NaN or inf values")
-    return t.float()
+    if t.min() < 0 or t.max() > 1:
+        raise ValueError(f"float images must lie in [0, 1], got values in [{t.min().item():.3g}, {t.max().item():.3g}]"
+                         " (pass uint8 for 0..255 data)")
+    return t.cpu().float()
 
 
 @dataclass

@@ -11,29 +11,7 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 
-
-def as_images(X: np.ndarray | Tensor, shape: tuple[int, ...] | None = None) -> Tensor:
-    """Images (N, C, H, W), uint8 0..255 or float in [0, 1] -> float32 CPU tensor in [0, 1].
-
-    ``shape``: the (C, H, W) the images must have (the fitted one when scoring); None = any.
-    """
-    t = torch.as_tensor(X)
-    if t.ndim != 4:
-        raise ValueError(f"expected images of shape (N, C, H, W), got an array of shape {tuple(t.shape)}")
-    if shape is not None and tuple(t.shape[1:]) != tuple(shape):
-        raise ValueError(f"expected images of shape (N, {', '.join(map(str, shape))}), got {tuple(t.shape)}")
-    if t.shape[0] == 0:
-        raise ValueError("no images given (N = 0)")
-    if t.dtype == torch.uint8:
-        return t.float().div_(255)
-    if not t.is_floating_point():
-        raise ValueError(f"images must be uint8 (0..255) or float (0..1), got {t.dtype}")
-    if not torch.isfinite(t).all():
-        raise ValueError("images contain NaN or inf values")
-    if t.min() < 0 or t.max() > 1:
-        raise ValueError(f"float images must lie in [0, 1], got values in [{t.min().item():.3g}, {t.max().item():.3g}]"
-                         " (pass uint8 for 0..255 data)")
-    return t.cpu().float()
+from corel.backbone import as_image_tensor
 
 
 @contextlib.contextmanager
@@ -99,7 +77,7 @@ def check_positive(**params: float) -> None:
 
 class BaselineDetector(OutlierMixin, BaseEstimator):
     """Base of the baseline one-class detectors: scikit-learn estimator conventions (``__init__`` stores
-    parameters, ``fit`` returns self, learned state ends in ``_``), images as in :func:`as_images`.
+    parameters, ``fit`` returns self, learned state ends in ``_``), images as in :func:`corel.backbone.as_image_tensor`.
 
     Subclasses implement ``_fit(images)`` and ``_score(images) -> (N,)``; both receive float32 CPU
     tensors in [0, 1] and run with the RNGs seeded from ``self.seed``, on ``self.device_``.
@@ -110,7 +88,7 @@ class BaselineDetector(OutlierMixin, BaseEstimator):
 
     def fit(self, X: np.ndarray | Tensor, y: None = None) -> "BaselineDetector":
         """Learns the class from its samples X (N, C, H, W), N >= 2."""
-        images = as_images(X)
+        images = as_image_tensor(X)
         if len(images) < 2:
             raise ValueError(f"need at least 2 class samples to fit, got {len(images)}")
         self.device_ = torch.device(self.device)
@@ -122,7 +100,7 @@ class BaselineDetector(OutlierMixin, BaseEstimator):
     def score_samples(self, X: np.ndarray | Tensor) -> np.ndarray:
         """(N,) float64 normality scores of images X (N, *input_shape_); higher = more normal."""
         check_is_fitted(self, "input_shape_")
-        images = as_images(X, self.input_shape_)
+        images = as_image_tensor(X, self.input_shape_)
         with seeded(self.seed, self.device_):
             return self._score(images).double().numpy()
 
