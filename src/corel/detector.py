@@ -8,7 +8,6 @@ codes within ``radius`` (= eta, the scale the backbone arranged its batches at) 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -7,7 +7,6 @@ Lightning intends; :func:`train` wires them for the CLI and for users who just w
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
