@@ -196,10 +196,10 @@ class _RunReport(Callback):
         pl_module.log("images_per_second", images / max(seconds, 1e-9))
 
 
-def _check_checkpoint(path: Path) -> None:
+def _load_checkpoint(path: Path) -> dict:
     """Lightning's own error for a damaged checkpoint is an unpickling trace; name the file instead."""
     try:
-        torch.load(path, map_location="cpu", weights_only=False)  # our own run folder's file
+        return torch.load(path, map_location="cpu", weights_only=False)  # our own run folder's file
     except Exception as e:  # noqa: BLE001 - any failure to read means the same thing to the user
         raise ValueError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e}); "
                          "delete it to restart, or resume from an earlier copy") from e
@@ -228,7 +228,7 @@ def train(
     if last.exists() and not resume:
         raise FileExistsError(f"{out} already holds a run ({last}); resume it or choose another output folder")
     if resume and last.exists():
-        _check_checkpoint(last)
+        _load_checkpoint(last)
     L.seed_everything(config.seed, workers=True, verbose=False)
     module = ConnectivityAutoencoder(model_config.to_dict(), config.eta, config.lam, config.metric, config.lr)
     data = ImageDataModule(images, config.batch_size, config.seed)
@@ -270,8 +270,9 @@ def backbone_from_checkpoint(path: str | os.PathLike) -> Backbone:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    _check_checkpoint(path)
-    module = ConnectivityAutoencoder.load_from_checkpoint(path, map_location="cpu")
-    hp = module.hparams
-    info = {"checkpoint": str(path), "epochs_completed": torch.load(path, map_location="cpu", weights_only=False)["epoch"] + 1}
-    return Backbone(module.model.eval(), hp.eta, hp.metric, info)
+    ckpt = _load_checkpoint(path)
+    hp = ckpt["hyper_parameters"]
+    module = ConnectivityAutoencoder(**hp)
+    module.load_state_dict(ckpt["state_dict"])
+    info = {"checkpoint": str(path), "epochs_completed": ckpt["epoch"] + 1}
+    return Backbone(module.model.eval(), hp["eta"], hp["metric"], info)
