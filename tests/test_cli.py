@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from corel.cli import main
@@ -45,5 +46,13 @@ def test_compare_on_identical_draws(tmp_path):
     table = (tmp_path / "compare_digits_n20.md").read_text()
     assert "| corel |" in table and "| dagmm |" in table
     assert (tmp_path / "compare_digits_n20.png").stat().st_size > 0
+    assert len(list((tmp_path / "dagmm" / "cells_digits_n20").glob("class*_draw0.json"))) == 2
+    # report-only over three classes: nothing is computed, class 2 is left out of the means
+    partial = compare(["corel", "dagmm"], data, tmp_path, backbone=backbone, n=20, draws=1, classes=[0, 1, 2],
+                      small=True, compute=False, progress=False)
+    np.testing.assert_array_equal(partial["dagmm"].auroc[:2], results["dagmm"].auroc)
+    assert not partial["dagmm"].finished[2]
+    table = (tmp_path / "compare_digits_n20.md").read_text()
+    assert "the 2 of 3 classes every method finished" in table and f"| dagmm | {results['dagmm'].mean:.2f} |" in table
     with pytest.raises(ValueError, match="unknown methods"):
         compare(["corel", "svm"], data, tmp_path, backbone=backbone)

@@ -77,7 +77,7 @@ def test_protocol_on_synthetic_data_with_known_answer():
     y_train, y_test = np.repeat(np.arange(3), 50), np.repeat(np.arange(3), 20)
     x_train = (centres[y_train] + rng.normal(size=(150, 4, 5))).astype(np.float32)
     x_test = (centres[y_test] + rng.normal(size=(60, 4, 5))).astype(np.float32)
-    result = evaluate(lambda: OneClassDetector(radius=4.0, branches=4), x_train, y_train, x_test, y_test,
+    result = evaluate(lambda _seed: OneClassDetector(radius=4.0, branches=4), x_train, y_train, x_test, y_test,
                       n=20, draws=2, progress=False)
     assert result.auroc.shape == (3, 2) and result.mean > 99
     a, b = draw_indices(y_train, 1, 20, 0), draw_indices(y_train, 1, 20, 0)
@@ -91,6 +91,6 @@ def test_protocol_report_files(tmp_path):
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(2), 10)
     x = rng.normal(size=(20, 2, 2)).astype(np.float32)
-    result = evaluate(lambda: OneClassDetector(radius=1.0, branches=2), x, y, x, y, n=5, draws=1, progress=False)
+    result = evaluate(lambda _seed: OneClassDetector(radius=1.0, branches=2), x, y, x, y, n=5, draws=1, progress=False)
     for path in result.write(tmp_path):
         assert path.stat().st_size > 0

@@ -31,14 +31,17 @@ def _int_at_least(minimum: int):
     return parse
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+def _int_list(minimum: int):
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        if min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"expected integers >= {minimum}, got {text!r}")
+        return values
+
+    return parse
 
 
 def _add_data_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -62,7 +65,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--arch", choices=("conv", "mlp"), default=None, help="default: conv for 32x32 images, else mlp")
     g.add_argument("--branches", type=_int_at_least(1), default=16)
     g.add_argument("--branch-dim", type=_int_at_least(1), default=10)
-    g.add_argument("--filters", type=_int_list, default=None, help="conv channels / MLP widths, e.g. 32,64,128")
+    g.add_argument("--filters", type=_int_list(1), default=None, help="conv channels / MLP widths, e.g. 32,64,128")
     g.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
     g.add_argument("--devices", default="auto", help="Lightning devices: auto, a count, or a list")
     g.add_argument("--num-nodes", type=_int_at_least(1), default=1)
@@ -145,7 +148,8 @@ def _compare(args: argparse.Namespace) -> int:
     backbone = Backbone.load(args.backbone) if args.backbone else None
     data = load_dataset(args.data, args.data_dir, download=args.download)
     compare(args.methods.split(","), data, args.out, backbone=backbone, n=args.n, draws=args.draws, seed=args.seed,
-            small=args.small, progress=not args.quiet)
+            small=args.small, classes=args.classes, test_size=args.test_size, device=args.device,
+            compute=not args.report_only, progress=not args.quiet)
     print((args.out / f"compare_{data.name}_n{args.n}.md").read_text())
     return 0
 
@@ -192,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="one-class AUROC per class of a dataset with a trained backbone")
     p.add_argument("--backbone", type=Path, required=True, help="backbone.pt written by `corel train` (or a checkpoints/*.ckpt of a run)")
     _add_data_args(p)
-    p.add_argument("-n", type=_int_list, default=(120,), help="samples per class, e.g. 80,120,500")
+    p.add_argument("-n", type=_int_list(1), default=(120,), help="samples per class, e.g. 80,120,500")
     p.add_argument("--draws", type=_int_at_least(1), default=5, help="random draws per class")
     p.add_argument("--radius", type=_positive_float, default=None, help="ball radius (default: the backbone's eta)")
     p.add_argument("--seed", type=int, default=0)
@@ -206,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-data-dir", type=Path, default=None, help="folder holding the evaluation dataset, if elsewhere")
     p.add_argument("--no-download", dest="download", action="store_false")
     _add_train_args(p)
-    p.add_argument("-n", type=_int_list, default=(120,), help="samples per class, e.g. 80,120,500")
+    p.add_argument("-n", type=_int_list(1), default=(120,), help="samples per class, e.g. 80,120,500")
     p.add_argument("--draws", type=_int_at_least(1), default=5)
     p.add_argument("--out", type=Path, required=True, help="run folder; an existing backbone there is reused")
     p.add_argument("--quiet", action="store_true")
@@ -221,7 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draws", type=_int_at_least(1), default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--small", action="store_true", help="CPU-sized baseline networks (GEOM: a small net)")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--classes", type=_int_list(0), default=None, help="comma-separated class indices (default: all)")
+    p.add_argument("--test-size", type=_int_at_least(2), default=None,
+                   help="score a stratified random subset of this many test images, the same for every method "
+                        "(default: the whole test split)")
+    p.add_argument("--device", default="cpu", help="where the baselines run: cpu, cuda, cuda:1, ...")
+    p.add_argument("--out", type=Path, required=True,
+                   help="run folder; finished (method, class, draw) cells are kept there, so a rerun resumes")
+    p.add_argument("--report-only", action="store_true",
+                   help="compute nothing: write the table from the finished cells (means over the classes every "
+                        "method finished)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_compare)
 

@@ -58,34 +58,36 @@ def train_backbone(data: ImageData, out_dir: str | Path, model_config: Autoencod
 
 def evaluate_backbone(backbone: Backbone, data: ImageData, out_dir: str | Path | None = None, *,
                       ns: tuple[int, ...] = (120,), draws: int = 5, seed: int = 0, radius: float | None = None,
-                      classes: list[int] | None = None, progress: bool = True,
-                      method: str = "corel") -> dict[int, ProtocolResult]:
+                      classes: list[int] | None = None, test_size: int | None = None, cells: bool = False,
+                      compute: bool = True, progress: bool = True, method: str = "corel") -> dict[int, ProtocolResult]:
     """The one-class protocol for ``backbone`` on ``data``, for each n in ``ns``.  Both splits are
     encoded once; each class and draw then fits a :class:`OneClassDetector` on codes.  Writes the
-    reports (auroc_<data>_n<n>.*, settings_<data>_n<n>.json) when ``out_dir`` is given."""
+    reports (auroc_<data>_n<n>.*, settings_<data>_n<n>.json) when ``out_dir`` is given; ``cells``:
+    also keep each finished cell there, to resume (see :func:`corel.protocol.evaluate`)."""
     start = time.perf_counter()
     codes_train = backbone.encode(data.x_train)
     codes_test = backbone.encode(data.x_test)
     encode_seconds = time.perf_counter() - start
     radius = backbone.eta if radius is None else radius
 
-    def make() -> OneClassDetector:
+    def make(_seed: int) -> OneClassDetector:  # counting is deterministic: the cell seed is not needed
         return OneClassDetector(None, radius=radius, metric=backbone.metric, branches=backbone.config.branches)
 
+    settings = {"radius": radius, "metric": backbone.metric, "backbone": backbone.info,
+                "backbone_fingerprint": backbone.fingerprint}
     results = {}
     for n in ns:
+        cells_dir = Path(out_dir) / f"cells_{data.name}_n{n}" if cells and out_dir is not None else None
         result = evaluate(make, codes_train, data.y_train, codes_test, data.y_test, class_names=list(data.class_names),
-                          n=n, draws=draws, seed=seed, classes=classes, method=method, dataset=data.name,
+                          n=n, draws=draws, seed=seed, classes=classes, test_size=test_size, method=method,
+                          dataset=data.name, settings=settings, cells_dir=cells_dir, compute=compute,
                           progress=progress)
-        result.settings.update({"radius": radius, "metric": backbone.metric, "encode_seconds": encode_seconds,
-                                "backbone": backbone.info})
+        result.settings["encode_seconds"] = encode_seconds
         if out_dir is not None:
             out = Path(out_dir)
             result.write(out, stem=f"auroc_{data.name}_n{n}")
             (out / f"settings_{data.name}_n{n}.json").write_text(json.dumps(
-                {"n": n, "draws": draws, "seed": seed, "radius": radius, "metric": backbone.metric,
-                 "classes": result.settings["classes"], "backbone_info": backbone.info,
-                 "encode_seconds": encode_seconds, "protocol_seconds": result.seconds,
+                {"n": n, "seed": seed, **result.settings, "protocol_seconds": result.seconds,
                  "torch": torch.__version__, "machine": platform.platform()}, indent=2))
         results[n] = result
     return results
@@ -142,10 +144,16 @@ def demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, seed: int = 
 
 def compare(methods: list[str], data: ImageData, out_dir: str | Path, *, backbone: Backbone | None = None,
             n: int = 120, draws: int = 5, seed: int = 0, small: bool = False, classes: list[int] | None = None,
+            test_size: int | None = None, device: str = "cpu", compute: bool = True,
             progress: bool = True) -> dict[str, ProtocolResult]:
-    """Runs corel and baselines on identical draws (same seed: same samples per class and draw) and
-    writes compare_<data>_n<n>.csv/.md and a grouped bar chart .png (the paper's figure style).
-    ``small``: the baselines' CPU-sized settings (``corel.baselines.SMALL_SETTINGS``)."""
+    """Runs corel and baselines on identical draws (same seed: same samples per class and draw, same
+    test subset) and writes compare_<data>_n<n>.csv/.md and a grouped bar chart .png (the paper's figure).
+
+    Every finished (method, class, draw) is stored under out_dir/<method>/cells_<data>_n<n>/ at once:
+    a killed run resumes, and several processes may share the work (e.g. one per method or class).
+    ``compute=False`` computes nothing and reports the stored cells; the means then cover only the
+    classes every method finished.  ``small``: the baselines' CPU-sized settings
+    (``corel.baselines.SMALL_SETTINGS``); ``device``: where the baselines run."""
     from corel.baselines import BASELINES, SMALL_SETTINGS
 
     unknown = [m for m in methods if m != "corel" and m not in BASELINES]
@@ -154,32 +162,46 @@ def compare(methods: list[str], data: ImageData, out_dir: str | Path, *, backbon
     if "corel" in methods and backbone is None:
         raise ValueError("method corel needs a backbone (train one with `corel train`)")
     out = Path(out_dir)
+    stem = f"auroc_{data.name}_n{n}"
     results: dict[str, ProtocolResult] = {}
     for m in methods:
         if m == "corel":
             results[m] = evaluate_backbone(backbone, data, out / m, ns=(n,), draws=draws, seed=seed, classes=classes,
-                                           progress=progress)[n]
+                                           test_size=test_size, cells=True, compute=compute, progress=progress)[n]
             continue
-        settings = SMALL_SETTINGS[m] if small else {}
-        results[m] = evaluate(lambda: BASELINES[m](seed=seed, **settings), data.x_train, data.y_train, data.x_test,
+        settings = {**(SMALL_SETTINGS[m] if small else {}), "device": device}
+        results[m] = evaluate(lambda s: BASELINES[m](seed=s, **settings), data.x_train, data.y_train, data.x_test,
                               data.y_test, class_names=list(data.class_names), n=n, draws=draws, seed=seed,
-                              classes=classes, method=m, dataset=data.name, progress=progress)
-        results[m].settings.update(settings)
-        results[m].write(out / m, stem=f"auroc_{data.name}_n{n}")
-    stem = out / f"compare_{data.name}_n{n}"
-    names = results[methods[0]].class_names
-    header = "| method | mean AUROC | std over draws | seconds | " + " | ".join(names) + " |"
-    rows = [header, "|" + "---|" * (4 + len(names))]
-    for m, r in results.items():
-        rows.append(f"| {m} | {r.mean:.2f} | {r.std_over_draws:.2f} | {r.seconds:.0f} | "
-                    + " | ".join(f"{v:.1f}" for v in r.per_class) + " |")
-    stem.with_suffix(".md").write_text("\n".join(rows) + "\n")
-    with open(stem.with_suffix(".csv"), "w") as f:
-        f.write("method,mean,std_over_draws,seconds," + ",".join(names) + "\n")
-        for m, r in results.items():
-            f.write(f"{m},{r.mean:.4f},{r.std_over_draws:.4f},{r.seconds:.1f}," + ",".join(f"{v:.4f}" for v in r.per_class) + "\n")
-    plot_auroc_bars(results, stem.with_suffix(".png"), title=f"one-class AUROC on {data.name}, n={n}, {draws} draws")
+                              classes=classes, test_size=test_size, method=m, dataset=data.name, settings=settings,
+                              cells_dir=out / m / f"cells_{data.name}_n{n}", compute=compute, progress=progress)
+        results[m].write(out / m, stem=stem)
+    write_comparison(results, out / f"compare_{data.name}_n{n}", title=f"one-class AUROC on {data.name}, n={n}, "
+                     f"{draws} draw{'s' if draws > 1 else ''}")
     return results
+
+
+def write_comparison(results: dict[str, ProtocolResult], stem: Path, title: str = "") -> None:
+    """<stem>.md/.csv: per method the mean AUROC over the classes every method finished, and per class;
+    <stem>.png: the grouped bar chart."""
+    common = np.logical_and.reduce([r.finished for r in results.values()])
+    first = next(iter(results.values()))
+    names = first.class_names
+    total = len(names)
+    scope = "all classes" if common.all() else f"the {common.sum()} of {total} classes every method finished"
+    header = "| method | mean AUROC | std over draws | seconds | " + " | ".join(names) + " |"
+    rows = [f"Mean over {scope}; seconds = fitting and scoring time of the finished cells.", "", header,
+            "|" + "---|" * (4 + total)]
+    lines = ["method,mean,std_over_draws,seconds," + ",".join(names)]
+    for m, r in results.items():
+        common_mean = float(r.per_class[common].mean()) if common.any() else float("nan")
+        rows.append(f"| {m} | {common_mean:.2f} | {r.std_over_draws:.2f} | {r.seconds:.0f} | "
+                    + " | ".join(f"{v:.1f}" if np.isfinite(v) else "-" for v in r.per_class) + " |")
+        lines.append(f"{m},{common_mean:.4f},{r.std_over_draws:.4f},{r.seconds:.1f},"
+                     + ",".join(f"{v:.4f}" for v in r.per_class))
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".md").write_text("\n".join(rows) + "\n")
+    stem.with_suffix(".csv").write_text("\n".join(lines) + "\n")
+    plot_auroc_bars(results, stem.with_suffix(".png"), title=title)
 
 
 def analyze_backbone_densification(backbone: Backbone, data: ImageData, out_dir: str | Path, *,
