@@ -47,3 +47,19 @@ def test_bad_configs():
         BranchedAutoencoder(AutoencoderConfig(input_shape=(3, 20, 20)))
     with pytest.raises(ValueError, match="blocks"):
         BlockLinear(10, 4, blocks=3)
+
+
+@pytest.mark.parametrize("init, fan_in", [("layer", (2048, 160)), ("block", (128, 10))])
+def test_latent_initialisation(init, fan_in):
+    """The authors' masked nn.Linear draws with the whole layer's fan-in; "block" with one block's."""
+    model = BranchedAutoencoder(AutoencoderConfig(init=init))
+    for layer, n in zip((model.to_latent, model.from_latent), fan_in):
+        bound = 1 / n**0.5
+        for values in (layer.weight, layer.bias):
+            assert values.abs().max() <= bound and values.abs().max() > 0.95 * bound
+
+
+def test_config_without_init_reads_as_block():
+    d = AutoencoderConfig().to_dict()
+    del d["init"]
+    assert AutoencoderConfig.from_dict(d).init == "block"

@@ -66,6 +66,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--branches", type=_int_at_least(1), default=16)
     g.add_argument("--branch-dim", type=_int_at_least(1), default=10)
     g.add_argument("--filters", type=_int_list(1), default=None, help="conv channels / MLP widths, e.g. 32,64,128")
+    g.add_argument("--init", choices=("layer", "block"), default="layer",
+                   help="latent maps start with the whole layer's fan-in (the authors') or one block's")
     g.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
     g.add_argument("--devices", default="auto", help="Lightning devices: auto, a count, or a list")
     g.add_argument("--num-nodes", type=_int_at_least(1), default=1)
@@ -92,7 +94,7 @@ def _train(args: argparse.Namespace) -> int:
 
     config = _train_config(args)
     data = load_dataset(args.data, args.data_dir, download=args.download)
-    model_config = default_model_config(data, args.branches, args.branch_dim, args.filters, args.arch)
+    model_config = default_model_config(data, args.branches, args.branch_dim, args.filters, args.arch, args.init)
     train_backbone(data, args.out, model_config, config, resume=args.resume, progress=not args.quiet,
                    **_trainer_kwargs(args))
     print(f"backbone written to {args.out / 'backbone.pt'}")

@@ -39,14 +39,16 @@ PROTOCOLS: dict[str, PaperProtocol] = {
 
 
 def default_model_config(data: ImageData, branches: int = 16, branch_dim: int = 10,
-                         filters: tuple[int, ...] | None = None, arch: str | None = None) -> AutoencoderConfig:
+                         filters: tuple[int, ...] | None = None, arch: str | None = None,
+                         init: str = "layer") -> AutoencoderConfig:
     """The paper's conv network for 32x32 RGB images; an MLP with the same branch layout otherwise."""
     shape = tuple(int(s) for s in data.x_train.shape[1:])
     if arch is None:
         arch = "conv" if shape[1] % 8 == 0 and shape[2] % 8 == 0 and shape[1] >= 16 else "mlp"
     if filters is None:
         filters = (32, 64, 128) if arch == "conv" else (256, 128)
-    return AutoencoderConfig(kind=arch, input_shape=shape, filters=tuple(filters), branches=branches, branch_dim=branch_dim)
+    return AutoencoderConfig(kind=arch, input_shape=shape, filters=tuple(filters), branches=branches,
+                             branch_dim=branch_dim, init=init)
 
 
 def train_backbone(data: ImageData, out_dir: str | Path, model_config: AutoencoderConfig, config: TrainConfig,

@@ -9,22 +9,31 @@ import torch
 from torch import Tensor, nn
 
 
+INITS = ("layer", "block")
+
+
 class BlockLinear(nn.Module):
     """Block-diagonal linear layer: ``blocks`` independent maps of in_features/blocks -> out_features/blocks.
 
     (B, in_features) -> (B, out_features); block i sees only the i-th consecutive slice of the input,
     so the latent branches of the autoencoder share no weights and no inputs.
+
+    ``init``: weights and biases uniform in +-1/sqrt(fan_in), nn.Linear's default, with fan_in the
+    whole layer's ``in_features`` ("layer": the authors' masked nn.Linear, e.g. 1/sqrt(2048) in the
+    paper's encoder) or one block's ("block": 1/sqrt(128) there, codes about 4x larger at the start).
     """
 
-    def __init__(self, in_features: int, out_features: int, blocks: int, bias: bool = True):
+    def __init__(self, in_features: int, out_features: int, blocks: int, bias: bool = True, init: str = "layer"):
         super().__init__()
         if in_features % blocks or out_features % blocks:
             raise ValueError(f"{in_features} -> {out_features} features do not split into {blocks} blocks")
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}: use one of {', '.join(INITS)}")
         self.blocks = blocks
         block_in, block_out = in_features // blocks, out_features // blocks
         self.weight = nn.Parameter(torch.empty(blocks, block_in, block_out))
         self.bias = nn.Parameter(torch.empty(blocks, block_out)) if bias else None
-        bound = 1 / math.sqrt(block_in)  # nn.Linear's default initialisation, per block
+        bound = 1 / math.sqrt(in_features if init == "layer" else block_in)
         nn.init.uniform_(self.weight, -bound, bound)
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
@@ -46,6 +55,7 @@ class AutoencoderConfig:
     input_shape: (C, H, W) of the images, or (D,) for vectors.
     filters: conv channels per stride-2 layer, or hidden widths of the MLP encoder.
     The latent code has branches * branch_dim dimensions.
+    init: how the block-diagonal latent maps start ("layer": the authors', "block"; see :class:`BlockLinear`).
     """
 
     kind: str = "conv"
@@ -54,6 +64,7 @@ class AutoencoderConfig:
     branches: int = 16
     branch_dim: int = 10
     negative_slope: float = 0.01
+    init: str = "layer"
 
     @property
     def latent_dim(self) -> int:
@@ -67,6 +78,7 @@ class AutoencoderConfig:
         d = dict(d)
         d["input_shape"] = tuple(d["input_shape"])
         d["filters"] = tuple(d["filters"])
+        d.setdefault("init", "block")  # files written before the option existed were block-initialised
         return cls(**d)
 
 
@@ -113,8 +125,8 @@ class BranchedAutoencoder(nn.Module):
             raise ValueError(f"unknown autoencoder kind {c.kind!r}: use 'conv' or 'mlp'")
         features = math.prod(self.feature_shape)
         self.encoder_body = nn.Sequential(*enc)
-        self.to_latent = BlockLinear(features, c.latent_dim, c.branches)
-        self.from_latent = BlockLinear(c.latent_dim, features, c.branches)
+        self.to_latent = BlockLinear(features, c.latent_dim, c.branches, init=c.init)
+        self.from_latent = BlockLinear(c.latent_dim, features, c.branches, init=c.init)
         self.decoder_body = nn.Sequential(*dec)
 
     def encode(self, x: Tensor) -> Tensor:
