@@ -7,7 +7,7 @@ STAMP := $(VENV)/.corel-installed
 
 .PHONY: demo test bench clean
 
-$(STAMP): pyproject.toml setup.py src/corel/_native.c src/corel/_native_impl.h
+$(STAMP): pyproject.toml setup.py src/corel/_native/kernels.c src/corel/_native/kernels_impl.h
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
@@ -24,4 +24,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_h0.py
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info src/corel/*.so
+	rm -rf $(VENV) build src/*.egg-info src/corel/_native/*.so

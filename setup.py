@@ -5,9 +5,9 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "corel._native",
-            ["src/corel/_native.c"],
-            depends=["src/corel/_native_impl.h"],
+            "corel._native._ext",
+            ["src/corel/_native/kernels.c"],
+            depends=["src/corel/_native/kernels_impl.h"],
             extra_compile_args=["-O3", "-std=gnu99", "-fopenmp"],
             extra_link_args=["-fopenmp"],
         )

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from corel.baselines import BASELINES, SMALL_SETTINGS
-from corel.datasets import load_dataset
-from corel.protocol import draw_indices
+from corel.detection.baselines import BASELINES, SMALL_SETTINGS
+from corel.experiments.datasets import load_dataset
+from corel.experiments.protocol import draw_indices
 
 
 def main() -> None:

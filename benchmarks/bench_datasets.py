@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from corel.datasets import load_dataset
+from corel.experiments.datasets import load_dataset
 
 
 def _write_jpegs(root: Path, count: int, rng: np.random.Generator) -> None:

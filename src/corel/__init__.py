@@ -1,56 +1,85 @@
 """corel: connectivity-optimized representation learning via persistent homology.
 
-A fast, differentiable persistent-homology layer for PyTorch (:mod:`corel.pershom`), the
-connectivity loss of Hofer et al. (ICML 2019), and one-class novelty detection from few samples.  Training (Lightning) lives in :mod:`corel.training`,
-the evaluation protocols in :mod:`corel.protocol`, plots in :mod:`corel.plots` and the baselines in
-:mod:`corel.baselines`; they are imported on demand because of their heavier dependencies.
+Three layers, dependencies one way (docs/architecture.md):
+
+* :mod:`corel.topology`: a fast, exact, differentiable persistent-homology layer for PyTorch
+  (torchph's API as :mod:`corel.pershom`), the connectivity loss of Hofer et al. (ICML 2019),
+  diagram losses, plots and the paper's theory;
+* :mod:`corel.detection`: one-class novelty detection from few samples with a backbone trained
+  once, the backbone file format, the pretrained backbones and the baselines;
+* :mod:`corel.experiments`: datasets, training (Lightning), the evaluation protocol, reports,
+  workflows and the ``corel`` command.
+
+``import corel`` loads the topology layer only; the other names below are imported on first use,
+so that scikit-learn, PIL, Lightning and matplotlib are not loaded before they are needed.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from corel import pershom
-from corel.backbone import Backbone
-from corel.datasets import DATASETS, ImageData, load_dataset
-from corel.detector import OneClassDetector, count_within
-from corel.distances import edge_lengths, metric_order, pairwise_distances
-from corel.losses import ConnectivityLoss, DiagramTargetLoss, TotalPersistence
-from corel.models import AutoencoderConfig, BranchedAutoencoder
-from corel.pershom import H0, h0_persistence, h0_persistence_from_distances
-from corel.rips import Diagram, persistence_pairs, rips_persistence, rips_persistence_from_distances
-from corel.theory import (
-    analyze_densification,
+from corel.topology import (
+    H0,
+    ConnectivityLoss,
+    Diagram,
+    DiagramTargetLoss,
+    TotalPersistence,
+    as_diagrams,
     batch_size_for_tolerance,
     batch_size_guideline,
     densification,
+    edge_lengths,
+    h0_persistence,
+    h0_persistence_from_distances,
+    metric_order,
+    pairwise_distances,
+    persistence_pairs,
+    rips_persistence,
+    rips_persistence_from_distances,
     tolerance_for_batch_size,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+# name -> module that defines it, imported on first access (PEP 562)
+_LAZY = {
+    "AutoencoderConfig": "corel.detection.models",
+    "Backbone": "corel.detection.backbone",
+    "BaseDetector": "corel.detection.base",
+    "BranchedAutoencoder": "corel.detection.models",
+    "OneClassDetector": "corel.detection.detector",
+    "count_within": "corel.detection.detector",
+    "pretrained": "corel.detection.backbone",
+    "DATASETS": "corel.experiments.datasets",
+    "ImageData": "corel.experiments.datasets",
+    "load_dataset": "corel.experiments.datasets",
+    "analyze_densification": "corel.experiments.workflows",
+}
+_LAZY_MODULES = {"report": "corel.experiments.reports"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name in _LAZY_MODULES:
+        value = importlib.import_module(_LAZY_MODULES[name])
+    else:
+        raise AttributeError(f"module 'corel' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
-    "H0",
-    "AutoencoderConfig",
-    "Backbone",
-    "BranchedAutoencoder",
-    "ConnectivityLoss",
-    "DATASETS",
-    "Diagram",
-    "DiagramTargetLoss",
-    "ImageData",
-    "OneClassDetector",
-    "TotalPersistence",
-    "analyze_densification",
-    "batch_size_for_tolerance",
-    "batch_size_guideline",
-    "count_within",
-    "densification",
-    "edge_lengths",
-    "h0_persistence",
-    "h0_persistence_from_distances",
-    "load_dataset",
-    "metric_order",
-    "pairwise_distances",
-    "persistence_pairs",
-    "pershom",
-    "rips_persistence",
-    "rips_persistence_from_distances",
-    "tolerance_for_batch_size",
+    "H0", "AutoencoderConfig", "Backbone", "BaseDetector", "BranchedAutoencoder", "ConnectivityLoss", "DATASETS",
+    "Diagram", "DiagramTargetLoss", "ImageData", "OneClassDetector", "TotalPersistence", "analyze_densification",
+    "as_diagrams", "batch_size_for_tolerance", "batch_size_guideline", "count_within", "densification",
+    "edge_lengths", "h0_persistence", "h0_persistence_from_distances", "load_dataset", "metric_order",
+    "pairwise_distances", "persistence_pairs", "pershom", "pretrained", "report", "rips_persistence",
+    "rips_persistence_from_distances", "tolerance_for_batch_size",
 ]

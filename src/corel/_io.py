@@ -1,0 +1,145 @@
+"""Files, for every layer: atomic writes, safe loading and content checksums.
+
+Every file corel writes goes through :func:`atomic_write`: a temporary file beside the target
+(same filesystem), flushed and fsynced, then renamed over it, so a kill or a crash leaves either the
+old file or the new one, never half of one.  Every file corel reads with torch goes through
+:func:`safe_torch_load` (``weights_only=True``: a file can hold data, never code).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import secrets
+import zipfile
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+import numpy as np
+import torch
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
+    """``write(file)`` into a temporary file beside ``path``, fsync, then rename it to ``path``.
+
+    The file gets the permissions of any new file (0666 minus the umask), not a temporary file's 0600.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable; not every filesystem lets a folder be fsynced
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Writes ``obj`` as indented JSON to ``path`` atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj)`` to ``path`` atomically."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def safe_torch_load(path: str | os.PathLike, what: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU.
+
+    A missing file raises FileNotFoundError; a truncated, damaged or foreign one (including a pickle
+    that asks for code) raises ValueError naming ``what`` and the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
+            AttributeError, TypeError, KeyError, IndexError) as e:
+        raise ValueError(f"{what} {path} is corrupt, truncated or not a corel file "
+                         f"({type(e).__name__}: {e})") from e
+
+
+def content_digest(obj: Any) -> str:
+    """SHA-256 (hex) of a nested structure of dicts, lists, tuples, tensors, arrays and scalars.
+
+    Independent of how the structure is stored (dict order, container format): the checksum that
+    corel's files carry of their own content, verified on load.
+    """
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, dict):
+            digest.update(b"{")
+            for key in sorted(value, key=str):
+                feed(str(key))
+                feed(value[key])
+            digest.update(b"}")
+        elif isinstance(value, (list, tuple)):
+            digest.update(b"[")
+            for item in value:
+                feed(item)
+            digest.update(b"]")
+        elif isinstance(value, torch.Tensor):
+            feed(value.detach().cpu().numpy())
+        elif isinstance(value, np.ndarray):
+            digest.update(f"a{value.dtype.str}{value.shape}".encode())
+            digest.update(np.ascontiguousarray(value).tobytes())
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            digest.update(f"{type(value).__name__}:{value!r};".encode())
+        else:
+            raise TypeError(f"cannot checksum a {type(value).__name__}")
+
+    feed(obj)
+    return digest.hexdigest()
+
+
+def save_checked(payload: dict, path: str | os.PathLike, *, format: str, version: int) -> None:
+    """Writes ``payload`` under a header (format name, version, checksum of the payload), atomically."""
+    atomic_torch_save({"format": format, "version": version, "checksum": content_digest(payload),
+                       "payload": payload}, path)
+
+
+def load_checked(path: str | os.PathLike, *, format: str, version: int, what: str) -> dict:
+    """The payload of a file written by :func:`save_checked`, after checking its format, version
+    and checksum; a file of another format, a newer version or changed content raises ValueError."""
+    blob = safe_torch_load(path, what)
+    if not isinstance(blob, dict) or blob.get("format") != format:
+        raise ValueError(f"{path} is not a {what} (expected format {format!r})")
+    stored = blob.get("version")
+    if stored != version:
+        raise ValueError(f"{path} is a {what} of format version {stored}; this corel reads version {version} "
+                         "only: recreate it with this version of corel")
+    payload = blob.get("payload")
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: the {what} has no payload")
+    try:
+        actual = content_digest(payload)
+    except TypeError as e:
+        raise ValueError(f"{path}: the {what} holds unexpected content ({e})") from e
+    if actual != blob.get("checksum"):
+        raise ValueError(f"{path}: the {what} is damaged: its content does not match its checksum")
+    return payload

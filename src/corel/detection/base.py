@@ -1,0 +1,76 @@
+"""The one detector contract: every one-class detector of corel, the baselines included.
+
+The conventions are scikit-learn's novelty detectors (``LocalOutlierFactor(novelty=True)``):
+parameters are set in ``__init__`` and learned state ends in ``_``; ``fit(X)`` learns the class
+from its samples and returns self; ``score_samples(X)`` is higher for more normal samples;
+``offset_`` is set at fit time so that a fraction ``contamination`` of the training samples falls
+below it; ``decision_function(X) = score_samples(X) - offset_`` is negative for outliers and
+``predict(X)`` gives +1 (inlier) or -1 (outlier).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from numbers import Real
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.utils.validation import check_is_fitted
+
+
+def check_contamination(contamination: Any) -> float:
+    """The expected fraction of outliers among the training samples: a number in [0, 0.5]."""
+    if isinstance(contamination, bool) or not isinstance(contamination, Real) or not 0 <= contamination <= 0.5:
+        raise ValueError(f"contamination must be a number in [0, 0.5], got {contamination!r}")
+    return float(contamination)
+
+
+def offset_from_scores(train_scores: np.ndarray, contamination: float) -> float:
+    """The threshold below which a fraction ``contamination`` of ``train_scores`` lies: their
+    ``contamination``-quantile, or with contamination 0 the next number below the lowest (only
+    scores under every training score are outliers)."""
+    if contamination > 0:
+        return float(np.quantile(train_scores, contamination))
+    return float(np.nextafter(np.min(train_scores), -np.inf))
+
+
+class BaseDetector(OutlierMixin, BaseEstimator, ABC):
+    """Base class of corel's one-class detectors.
+
+    Subclasses implement ``_fit(X) -> (n,) training scores`` (leave-one-out where the method
+    allows it, so that the training samples are scored as unseen samples would be) and
+    ``_score_samples(X) -> (N,)``; their ``__init__`` stores ``contamination``.
+
+    Attributes (after fit): ``offset_`` (float), plus the subclass's learned state.
+    """
+
+    contamination: float
+
+    def fit(self, X: Any, y: None = None) -> "BaseDetector":
+        """Learns the class from its samples ``X``; ``y`` is ignored (one-class)."""
+        contamination = check_contamination(self.contamination)
+        scores = np.asarray(self._fit(X), dtype=np.float64)
+        self.offset_ = offset_from_scores(scores, contamination)
+        return self
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """(N,) normality scores of ``X``; higher = more normal."""
+        check_is_fitted(self, "offset_")
+        return self._score_samples(X)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """(N,) ``score_samples(X) - offset_``: negative for outliers."""
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X: Any) -> np.ndarray:
+        """(N,) +1 for inliers, -1 for outliers (scikit-learn's convention)."""
+        return np.where(self.decision_function(X) >= 0, 1, -1)
+
+    @abstractmethod
+    def _fit(self, X: Any) -> np.ndarray:
+        """Learns from ``X``; returns the (n,) scores of the training samples."""
+
+    @abstractmethod
+    def _score_samples(self, X: Any) -> np.ndarray:
+        """(N,) scores of ``X``, higher = more normal."""

@@ -1,0 +1,182 @@
+"""One-class novelty detection by counting latent neighbours (Hofer et al., ICML 2019).
+
+A class is learned from a handful of its samples: their codes under a backbone trained once with the
+connectivity loss.  A test point's score is, summed over the latent branches, the number of those
+codes within ``radius`` (= eta, the scale the backbone arranged its batches at) of its own code.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.utils.validation import check_is_fitted
+from torch import Tensor
+
+from corel._io import load_checked, save_checked
+from corel._native._kernels import count_within as native_count_within
+from corel.detection.backbone import Backbone, resolve_backbone
+from corel.detection.base import BaseDetector
+from corel.topology.distances import Metric, check_scale, metric_name, metric_order
+
+FORMAT = "corel-one-class-detector"
+VERSION = 2
+
+
+def count_within(queries: Tensor, codes: Tensor, radius: float, metric: Metric = "l1", chunk_size: int = 2048) -> Tensor:
+    """Per query, the number of codes within ``radius`` (boundary included), summed over branches.
+
+    queries: (M, K, d), codes: (n, K, d), same dtype -> (M,) int64.  Distances are exact (no matmul
+    expansion).  On CPU a native kernel streams the codes without building the M x n matrix; on
+    other devices the distances are computed in chunks of ``chunk_size`` queries, so memory stays
+    O(chunk_size * n * K) either way.
+    """
+    p = metric_order(metric)
+    if queries.device.type == "cpu":
+        return native_count_within(queries, codes.transpose(0, 1), radius, p)
+    per_branch = codes.transpose(0, 1).contiguous()  # (K, n, d)
+    out = []
+    for start in range(0, queries.shape[0], chunk_size):
+        chunk = queries[start: start + chunk_size].transpose(0, 1).contiguous()  # (K, c, d)
+        dist = torch.cdist(chunk, per_branch, p=p, compute_mode="donot_use_mm_for_euclid_dist")
+        out.append((dist <= radius).sum(dim=(0, 2)))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=queries.device)
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class OneClassDetector(BaseDetector):
+    """Latent ball-counting one-class detector.
+
+    Parameters
+    ----------
+    backbone : Backbone, str, path or None, default "cifar10"
+        The encoder: a :class:`~corel.detection.backbone.Backbone`, the name of a backbone that
+        ships with corel (:func:`~corel.detection.backbone.pretrained`), the path of a backbone
+        file, or None when the inputs are already codes (N, branches, branch_dim) or
+        (N, branches * branch_dim).
+    radius : float, optional
+        Ball radius in latent ``metric`` units; None = the backbone's eta (2.0 for codes).
+    metric : str or float, optional
+        Latent metric per branch; None = the backbone's (l1 for codes).
+    branches : int, default 16
+        Number of latent branches when ``backbone`` is None and codes come flat (N, D).
+    contamination : float, default 0.1
+        Expected fraction of outliers among the training samples, in [0, 0.5]: ``offset_`` is that
+        quantile of the training samples' leave-one-out scores (each sample scored against the
+        others), as ``LocalOutlierFactor(novelty=True)`` does with a float contamination.
+    batch_size, chunk_size : int
+        Images per encoding batch; queries per scoring chunk off the CPU (memory bounds).
+    device : str, optional
+        Where the backbone encodes (default: where it is).
+
+    Attributes
+    ----------
+    codes_ : Tensor (n, branches, branch_dim)
+        The class samples' codes.
+    offset_ : float
+        Threshold of ``decision_function``.
+    radius_, metric_ : float, str or float
+        The radius and metric in use.
+    backbone_ : Backbone or None
+        The loaded backbone.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone | str | os.PathLike | None = "cifar10",
+        radius: float | None = None,
+        metric: Metric | None = None,
+        branches: int = 16,
+        contamination: float = 0.1,
+        batch_size: int = 1000,
+        chunk_size: int = 2048,
+        device: str | None = None,
+    ):
+        self.backbone = backbone
+        self.radius = radius
+        self.metric = metric
+        self.branches = branches
+        self.contamination = contamination
+        self.batch_size = batch_size
+        self.chunk_size = chunk_size
+        self.device = device
+
+    def _codes(self, X: Any) -> Tensor:
+        if self.backbone_ is not None:
+            return self.backbone_.encode(X, batch_size=self.batch_size, device=self.device)
+        if not isinstance(X, (np.ndarray, Tensor)):
+            raise ValueError(f"codes must be a numpy array or a torch tensor, got {type(X).__name__}")
+        codes = torch.as_tensor(X)
+        if not codes.is_floating_point():
+            raise ValueError(f"codes must be floating point, got {codes.dtype}")
+        if codes.ndim not in (2, 3):
+            raise ValueError(f"codes must have shape (N, branches, dim) or (N, D), got {tuple(codes.shape)}")
+        if codes.shape[0] == 0:
+            raise ValueError("no codes given (N = 0)")
+        if codes.ndim == 2:
+            if codes.shape[1] % self.branches:
+                raise ValueError(f"code dimension {codes.shape[1]} does not split into {self.branches} branches")
+            codes = codes.reshape(codes.shape[0], self.branches, -1)
+        if not torch.isfinite(codes).all():
+            raise ValueError("codes contain NaN or inf values")
+        return codes
+
+    def _fit(self, X: Any) -> np.ndarray:
+        """Encodes the class samples X (images for a backbone, else codes) and keeps their codes."""
+        _positive_int(self.branches, "branches")
+        _positive_int(self.batch_size, "batch_size")
+        _positive_int(self.chunk_size, "chunk_size")
+        self.backbone_ = None if self.backbone is None else resolve_backbone(self.backbone, self.device or "cpu")
+        default_radius = self.backbone_.eta if self.backbone_ is not None else 2.0
+        self.radius_ = check_scale(self.radius if self.radius is not None else default_radius, "radius")
+        default_metric = self.backbone_.metric if self.backbone_ is not None else "l1"
+        self.metric_ = metric_name(self.metric if self.metric is not None else default_metric)
+        self.codes_ = self._codes(X)
+        # leave-one-out training scores: every sample finds itself once per branch
+        own = count_within(self.codes_, self.codes_, self.radius_, self.metric_, self.chunk_size) - self.codes_.shape[1]
+        return own.numpy()
+
+    def _score_samples(self, X: Any) -> np.ndarray:
+        """(N,) number of class codes within radius of each sample's code, summed over branches;
+        higher = more normal."""
+        codes = self._codes(X)
+        if codes.shape[1:] != self.codes_.shape[1:]:
+            raise ValueError(f"codes of shape {tuple(codes.shape[1:])} do not match the fitted {tuple(self.codes_.shape[1:])}")
+        return count_within(codes.to(self.codes_.dtype), self.codes_, self.radius_, self.metric_, self.chunk_size).numpy()
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the fitted detector, backbone included, to one file (atomically, with a checksum)."""
+        check_is_fitted(self, "codes_")
+        params = {k: v for k, v in self.get_params().items() if k != "backbone"}
+        save_checked({"params": params, "backbone": None if self.backbone_ is None else self.backbone_.to_dict(),
+                      "codes": self.codes_.cpu(), "radius": self.radius_, "metric": self.metric_,
+                      "offset": self.offset_}, path, format=FORMAT, version=VERSION)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "OneClassDetector":
+        """Reads a file written by :meth:`save`; a damaged, foreign or invalid file raises ValueError."""
+        blob = load_checked(path, format=FORMAT, version=VERSION, what="corel one-class detector file")
+        try:
+            backbone = None if blob["backbone"] is None else Backbone.from_dict(blob["backbone"], where=str(path))
+            det = cls(backbone=backbone, **blob["params"])
+            codes, radius, offset = blob["codes"], blob["radius"], blob["offset"]
+            metric = metric_name(blob["metric"])
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{path} is not a valid detector file ({type(e).__name__}: {e})") from e
+        if not isinstance(codes, Tensor) or codes.ndim != 3 or codes.shape[0] == 0 or not codes.is_floating_point() \
+                or not torch.isfinite(codes).all():
+            raise ValueError(f"{path}: the detector's codes must be a finite (n, branches, dim) tensor")
+        if backbone is not None and tuple(codes.shape[1:]) != (backbone.config.branches, backbone.config.branch_dim):
+            raise ValueError(f"{path}: codes of shape {tuple(codes.shape[1:])} do not match the backbone")
+        if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not np.isfinite(offset):
+            raise ValueError(f"{path}: the detector's offset must be a finite number, got {offset!r}")
+        det.backbone_, det.codes_, det.metric_, det.offset_ = backbone, codes, metric, float(offset)
+        det.radius_ = check_scale(radius, f"{path}: the detector's radius")
+        return det

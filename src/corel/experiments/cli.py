@@ -1,0 +1,334 @@
+"""corel: connectivity-optimized representation learning and one-class detection from few samples."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from pathlib import Path
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        return value
+
+    return parse
+
+
+def _metric(text: str):
+    from corel.topology.distances import metric_name
+
+    try:
+        return metric_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _devices(text: str) -> int | str | list[int]:
+    """Lightning's devices: "auto", a count (-1 = all), or a comma-separated list of indices."""
+    if text == "auto":
+        return text
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto', a count or a list of device indices like 0,1; got {text!r}") from None
+    if len(values) == 1 and "," not in text:
+        if values[0] == 0 or values[0] < -1:
+            raise argparse.ArgumentTypeError(f"the device count must be >= 1 (or -1 for all), got {text}")
+        return values[0]
+    if min(values) < 0:
+        raise argparse.ArgumentTypeError(f"device indices must be >= 0, got {text}")
+    return values
+
+
+def _int_list(minimum: int):
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        if min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"expected integers >= {minimum}, got {text!r}")
+        return values
+
+    return parse
+
+
+def _add_data_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    from corel.experiments.datasets import DATASETS
+
+    p.add_argument("--data", choices=DATASETS, default=default, required=default is None, help="dataset name")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="folder (or file) holding the dataset; default $COREL_DATA or ~/.cache/corel/data")
+    p.add_argument("--no-download", dest="download", action="store_false", help="never try to download")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training (defaults: the authors' setup)")
+    g.add_argument("--epochs", type=_int_at_least(1), default=50)
+    g.add_argument("--batch-size", type=_int_at_least(2), default=100)
+    g.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate")
+    g.add_argument("--eta", type=_positive_float, default=2.0, help="connectivity scale (latent l1 units)")
+    g.add_argument("--lam", type=_non_negative_float, default=20.0, help="weight of the connectivity loss")
+    g.add_argument("--metric", type=_metric, default="l1", help="latent metric: l1, l2, linf or a number p >= 1")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--arch", choices=("conv", "mlp"), default=None, help="default: conv for 32x32 images, else mlp")
+    g.add_argument("--branches", type=_int_at_least(1), default=16)
+    g.add_argument("--branch-dim", type=_int_at_least(1), default=10)
+    g.add_argument("--filters", type=_int_list(1), default=None, help="conv channels / MLP widths, e.g. 32,64,128")
+    g.add_argument("--init", choices=("layer", "block"), default="layer",
+                   help="latent maps start with the whole layer's fan-in (the authors') or one block's")
+    g.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
+    g.add_argument("--devices", type=_devices, default="auto", help="Lightning devices: auto, a count, or a list like 0,1")
+    g.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (the default for several devices)")
+    g.add_argument("--num-nodes", type=_int_at_least(1), default=1)
+
+
+def _train_config(args: argparse.Namespace):
+    from corel.experiments.training import TrainConfig
+
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, eta=args.eta, lam=args.lam,
+                       metric=args.metric, seed=args.seed)
+
+
+def _trainer_kwargs(args: argparse.Namespace) -> dict:
+    return {"accelerator": args.accelerator, "devices": args.devices, "num_nodes": args.num_nodes,
+            "strategy": args.strategy}
+
+
+def _backbone(spec: str):
+    """--backbone: a shipped backbone's name, a backbone file, or a training checkpoint (.ckpt)."""
+    if spec.endswith(".ckpt"):  # an unfinished run's checkpoint
+        from corel.experiments.training import backbone_from_checkpoint
+
+        return backbone_from_checkpoint(spec)
+    from corel.detection.backbone import resolve_backbone
+
+    return resolve_backbone(spec)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from corel.experiments.datasets import load_dataset
+    from corel.experiments.workflows import default_model_config, train_backbone
+
+    config = _train_config(args)
+    data = load_dataset(args.data, args.data_dir, download=args.download)
+    model_config = default_model_config(data, args.branches, args.branch_dim, args.filters, args.arch, args.init)
+    train_backbone(data, args.out, model_config, config, resume=args.resume, progress=not args.quiet,
+                   **_trainer_kwargs(args))
+    print(f"backbone written to {args.out / 'backbone.pt'}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from corel.experiments.datasets import load_dataset
+    from corel.experiments.reports import protocol_markdown
+    from corel.experiments.workflows import evaluate_backbone
+
+    backbone = _backbone(args.backbone)
+    data = load_dataset(args.data, args.data_dir, download=args.download)
+    results = evaluate_backbone(backbone, data, args.out, ns=args.n, draws=args.draws, seed=args.seed,
+                                radius=args.radius, progress=not args.quiet)
+    for result in results.values():
+        print(protocol_markdown(result))
+    print(f"reports written to {args.out}")
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from corel.experiments.workflows import reproduce
+
+    results = reproduce(args.protocol, args.out, args.data_dir, eval_data_dir=args.eval_data_dir, ns=args.n,
+                        draws=args.draws, seed=args.seed, config=_train_config(args), download=args.download,
+                        progress=not args.quiet, **_trainer_kwargs(args))
+    print((args.out / "summary.md").read_text())
+    return 0 if results else 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from corel.experiments.reports import protocol_markdown
+    from corel.experiments.workflows import demo
+
+    results = demo(args.out, quick=args.quick, seed=args.seed, progress=False)
+    for label, r in results.items():
+        print(f"\n## {label}\n{protocol_markdown(r)}")
+    means = ", ".join(f"{label}: {r.mean:.2f}" for label, r in results.items())
+    print(f"mean AUROC x 100 ({means}); reports and plots in {args.out}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from corel.experiments.datasets import load_dataset
+    from corel.experiments.workflows import compare
+
+    backbone = _backbone(args.backbone) if args.backbone else None
+    data = load_dataset(args.data, args.data_dir, download=args.download)
+    compare(args.methods.split(","), data, args.out, backbone=backbone, n=args.n, draws=args.draws, seed=args.seed,
+            small=args.small, classes=args.classes, test_size=args.test_size, device=args.device,
+            compute=not args.report_only, progress=not args.quiet)
+    print((args.out / f"compare_{data.name}_n{args.n}.md").read_text())
+    return 0
+
+
+def _analyze_batch_size(args: argparse.Namespace) -> int:
+    from corel.topology.theory import batch_size_for_tolerance, tolerance_for_batch_size
+
+    if args.batch_size is not None:
+        t = tolerance_for_batch_size(args.batch_size, args.dim, args.eta)
+        print(f"batch size {args.batch_size}, branch dim {args.dim}, eta {args.eta}: death times can all lie within "
+              f"+-{t:.3f} eta, i.e. [{args.eta * (1 - t):.3f}, {args.eta * (1 + t):.3f}]")
+    else:
+        b = batch_size_for_tolerance(args.dim, args.eta, args.tolerance)
+        print(f"branch dim {args.dim}, eta {args.eta}, death times within +-{args.tolerance} eta: batch size <= {b}")
+    return 0
+
+
+def _analyze_densification(args: argparse.Namespace) -> int:
+    from corel.experiments.datasets import load_dataset
+    from corel.experiments.workflows import analyze_backbone_densification
+
+    result = analyze_backbone_densification(_backbone(args.backbone), load_dataset(args.data, args.data_dir,
+                                            download=args.download), args.out, batch_size=args.batch_size,
+                                            num_samples=args.num_samples, seed=args.seed)
+    print((args.out / "densification.csv").read_text())
+    return 0 if result is not None else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from corel.experiments.workflows import PROTOCOLS
+
+    parser = argparse.ArgumentParser(prog="corel", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a backbone with reconstruction + lambda * connectivity loss")
+    _add_data_args(p)
+    _add_train_args(p)
+    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, logs, backbone.pt)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="one-class AUROC per class of a dataset with a trained backbone")
+    p.add_argument("--backbone", required=True,
+                   help="a shipped backbone (cifar10), a backbone.pt written by `corel train`, or a run's checkpoints/*.ckpt")
+    _add_data_args(p)
+    p.add_argument("-n", type=_int_list(1), default=(120,), help="samples per class, e.g. 80,120,500")
+    p.add_argument("--draws", type=_int_at_least(1), default=5, help="random draws per class")
+    p.add_argument("--radius", type=_positive_float, default=None, help="ball radius (default: the backbone's eta)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="folder for CSV/JSON/Markdown/PNG reports")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("reproduce", help="run a paper protocol end to end (train if needed, then evaluate)")
+    p.add_argument("protocol", choices=list(PROTOCOLS), help="; ".join(f"{k}: {v.description}" for k, v in PROTOCOLS.items()))
+    p.add_argument("--data-dir", type=Path, default=None, help="folder holding the training dataset")
+    p.add_argument("--eval-data-dir", type=Path, default=None, help="folder holding the evaluation dataset, if elsewhere")
+    p.add_argument("--no-download", dest="download", action="store_false")
+    _add_train_args(p)
+    p.add_argument("-n", type=_int_list(1), default=(120,), help="samples per class, e.g. 80,120,500")
+    p.add_argument("--draws", type=_int_at_least(1), default=5)
+    p.add_argument("--out", type=Path, required=True, help="run folder; an existing backbone there is reused")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_reproduce)
+
+    p = sub.add_parser("compare", help="corel and the baselines on identical draws: one table and one chart")
+    _add_data_args(p)
+    p.add_argument("--methods", default="corel,ocsvm_cae,deep_svdd,dagmm,dsebm,geom",
+                   help="comma-separated: corel, ocsvm_cae, deep_svdd, dagmm, dsebm, geom")
+    p.add_argument("--backbone", default=None, help="backbone for method corel: cifar10 (shipped) or a backbone.pt")
+    p.add_argument("-n", type=_int_at_least(1), default=120, help="samples per class")
+    p.add_argument("--draws", type=_int_at_least(1), default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--small", action="store_true", help="CPU-sized baseline networks (GEOM: a small net)")
+    p.add_argument("--classes", type=_int_list(0), default=None, help="comma-separated class indices (default: all)")
+    p.add_argument("--test-size", type=_int_at_least(2), default=None,
+                   help="score a stratified random subset of this many test images, the same for every method "
+                        "(default: the whole test split)")
+    p.add_argument("--device", default="cpu", help="where the baselines run: cpu, cuda, cuda:1, ...")
+    p.add_argument("--out", type=Path, required=True,
+                   help="run folder; finished (method, class, draw) cells are kept there, so a rerun resumes")
+    p.add_argument("--report-only", action="store_true",
+                   help="compute nothing: write the table from the finished cells (means over the classes every "
+                        "method finished)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_compare)
+
+    p = sub.add_parser("analyze", help="the paper's theory: batch-size guideline, densification of death times")
+    tools = p.add_subparsers(dest="tool", required=True, metavar="TOOL")
+    t = tools.add_parser("batch-size", help="metric-entropy batch-size guideline for a branch (and the reverse)")
+    t.add_argument("--dim", type=_int_at_least(1), default=10, help="branch dimension")
+    t.add_argument("--eta", type=_positive_float, default=2.0)
+    t.add_argument("--tolerance", type=_non_negative_float, default=0.1, help="relative: death times in eta*(1 +- t)")
+    t.add_argument("--batch-size", type=_int_at_least(2), default=None, help="reverse: the tolerance this batch allows")
+    t.set_defaults(func=_analyze_batch_size)
+    t = tools.add_parser("densification", help="death times of N >> b encoded samples, per branch")
+    t.add_argument("--backbone", required=True, help="cifar10 (shipped) or a backbone.pt")
+    _add_data_args(t)
+    t.add_argument("--batch-size", type=_int_at_least(2), default=100, help="the training batch size b")
+    t.add_argument("--num-samples", type=_int_at_least(2), default=None, help="largest N (default: all training images)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", type=Path, required=True)
+    t.set_defaults(func=_analyze_densification)
+
+    p = sub.add_parser("demo", help="the whole method on sklearn's bundled digits, with and without the loss")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--quick", action="store_true", help="a few epochs and one draw (seconds; used by the tests)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def _log_to_stderr() -> None:
+    """corel's own messages (logger "corel", e.g. "nothing to do") go to stderr, without decoration."""
+    log = logging.getLogger("corel")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _log_to_stderr()
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, ImportError) as e:
+        parser.exit(2, f"corel {args.command}: error: {e}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

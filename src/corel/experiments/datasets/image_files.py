@@ -1,0 +1,258 @@
+"""Datasets of image files: TinyImageNet-200 (archive or folder) and ImageNet-style folders, decoded
+into uint8 arrays and cached.
+
+Each image becomes its central square, resized to ``image_size`` with ``resize``: "bilinear" (the
+default: PIL's bilinear filter, antialiased when shrinking, which is what the authors' torchvision
+``Resize((32, 32))`` does on PIL images) or "box" (area average).  Decoded datasets are cached as an
+.npz in ``$COREL_CACHE`` (default ``~/.cache/corel/decoded``), keyed by the files, the size and the filter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+import zipfile
+import zlib
+from pathlib import Path
+from typing import BinaryIO, Callable, Protocol
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from corel._io import atomic_write
+from corel.experiments.datasets.arrays import ImageData
+from corel.experiments.datasets.download import ARCHIVES, find_archive, find_folder
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".bmp", ".jpeg", ".jpg", ".png")
+RESIZE_FILTERS: dict[str, Image.Resampling] = {"bilinear": Image.Resampling.BILINEAR, "box": Image.Resampling.BOX}
+# Bump when the decoding changes, so that stale caches are not reused.
+_CACHE_VERSION = 2
+
+
+
+class _Files(Protocol):
+    """Read access to a tree of files (an extracted folder or a .zip), by relative posix path."""
+
+    def names(self, under: str) -> list[str]: ...  # every file below folder ``under``, sorted
+
+    def exists(self, name: str) -> bool: ...
+
+    def open(self, name: str) -> BinaryIO: ...
+
+    def where(self, name: str) -> str: ...  # for messages
+
+    def fingerprint(self, names: list[str]) -> str: ...  # changes when any of ``names`` changes
+
+    def close(self) -> None: ...
+
+
+class _FolderFiles:
+    def __init__(self, root: Path):
+        self.root = root
+
+    def names(self, under: str) -> list[str]:
+        found = []
+        for folder, _, files in os.walk(self.root / under, followlinks=True):
+            rel = Path(folder).relative_to(self.root).as_posix()
+            found.extend(f"{rel}/{f}" for f in files)
+        return sorted(found)
+
+    def exists(self, name: str) -> bool:
+        return (self.root / name).is_file()
+
+    def open(self, name: str) -> BinaryIO:
+        return open(self.root / name, "rb")
+
+    def where(self, name: str) -> str:
+        return str(self.root / name)
+
+    def fingerprint(self, names: list[str]) -> str:
+        digest = hashlib.sha256(str(self.root.resolve()).encode())
+        for name in names:
+            stat = (self.root / name).stat()
+            digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
+
+    def close(self) -> None:
+        pass
+
+
+class _ZipFiles:
+    def __init__(self, path: Path, folder: str):
+        self.path, self.prefix = path, f"{folder}/"
+        try:
+            self.zip = zipfile.ZipFile(path)
+        except (OSError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{path} is corrupt or truncated ({e})") from e
+        self.members = {n[len(self.prefix):] for n in self.zip.namelist() if n.startswith(self.prefix)}
+
+    def names(self, under: str) -> list[str]:
+        return sorted(n for n in self.members if n.startswith(f"{under}/") and not n.endswith("/"))
+
+    def exists(self, name: str) -> bool:
+        return name in self.members
+
+    def open(self, name: str) -> BinaryIO:
+        return self.zip.open(self.prefix + name)
+
+    def where(self, name: str) -> str:
+        return f"{self.path}:{self.prefix}{name}"
+
+    def fingerprint(self, names: list[str]) -> str:
+        stat = self.path.stat()
+        return hashlib.sha256(f"{self.path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()
+
+    def close(self) -> None:
+        self.zip.close()
+
+
+def _is_image(name: str) -> bool:
+    base = name.rpartition("/")[2]
+    return not base.startswith(".") and os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _read_text(files: _Files, name: str) -> str:
+    if not files.exists(name):
+        raise ValueError(f"{files.where(name)} is missing")
+    with files.open(name) as fp:
+        return fp.read().decode()
+
+
+def check_resize(resize: str) -> Image.Resampling:
+    """The PIL filter of a ``resize`` name ("bilinear" or "box")."""
+    if resize not in RESIZE_FILTERS:
+        raise ValueError(f"unknown resize filter {resize!r}: use one of {', '.join(RESIZE_FILTERS)}")
+    return RESIZE_FILTERS[resize]
+
+
+def decode_image(fp: BinaryIO, size: int, resize: str = "bilinear") -> np.ndarray:
+    """One image file -> (3, size, size) uint8 RGB: its central square, resized with ``resize``."""
+    resample = check_resize(resize)
+    with Image.open(fp) as image:
+        image.draft("RGB", (size, size))  # JPEG: decode at the smallest DCT scale still >= size, much faster
+        rgb = image.convert("RGB")
+    width, height = rgb.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    # crop first: resizing with box= would let the filter read pixels beyond the square's border
+    square = rgb.crop((left, top, left + side, top + side)).resize((size, size), resample)
+    return np.asarray(square).transpose(2, 0, 1)
+
+
+def _decode_all(files: _Files, names: list[str], size: int, resize: str, desc: str) -> np.ndarray:
+    """Decodes straight into one preallocated (N, 3, size, size) uint8 array."""
+    out = np.empty((len(names), 3, size, size), np.uint8)
+    for i, name in enumerate(tqdm(names, desc=desc, unit="img", mininterval=1.0)):
+        try:
+            with files.open(name) as fp:
+                out[i] = decode_image(fp, size, resize)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, Image.DecompressionBombError) as e:
+            raise ValueError(f"cannot decode the image {files.where(name)} ({e})") from e
+    return out
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("COREL_CACHE") or "~/.cache/corel/decoded").expanduser()
+
+
+def _cached(name: str, image_size: int, resize: str, fingerprint: str, build: Callable[[], ImageData],
+            enabled: bool) -> ImageData:
+    """``build()``, or its result saved earlier for the same files, ``image_size`` and ``resize``."""
+    if not enabled:
+        return build()
+    key = hashlib.sha256(f"{_CACHE_VERSION}\0{name}\0{image_size}\0{resize}\0{fingerprint}".encode()).hexdigest()[:16]
+    path = _cache_dir() / f"{name}-{image_size}px-{resize}-{key}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return ImageData(name, f["x_train"], f["y_train"], f["x_test"], f["y_test"],
+                                 tuple(str(s) for s in f["class_names"]))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            warnings.warn(f"ignoring the unreadable cache {path} ({e}); decoding again", stacklevel=3)
+    data = build()
+    try:
+        atomic_write(path, lambda f: np.savez(f, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test,
+                                              y_test=data.y_test, class_names=np.array(data.class_names)))
+    except OSError as e:
+        warnings.warn(f"could not write the cache {path} ({e}); the next load decodes again", stacklevel=3)
+    return data
+
+
+def load_tinyimagenet(root: Path, download: bool, image_size: int, resize: str, cache: bool) -> ImageData:
+    """TinyImageNet-200: 500 train and 50 val (= test) images for each of 200 classes, in sorted wnid order."""
+    archive = ARCHIVES["tinyimagenet"]
+    folder = find_folder(root, archive, "wnids.txt")
+    files: _Files = (_FolderFiles(folder) if folder is not None
+                     else _ZipFiles(find_archive(root, archive, "tinyimagenet", download), archive.folder))
+    try:
+        wnids = sorted(set(_read_text(files, "wnids.txt").split()))
+        index = {wnid: i for i, wnid in enumerate(wnids)}
+        train = [n for n in files.names("train") if _is_image(n)]
+        unknown = sorted({n.split("/")[1] for n in train} - index.keys())
+        if unknown:
+            raise ValueError(f"{files.where('train')} has classes missing from wnids.txt: {', '.join(unknown[:5])}")
+        y_train = np.array([index[n.split("/")[1]] for n in train], np.int64)
+        empty = [wnids[i] for i in np.flatnonzero(np.bincount(y_train, minlength=len(wnids)) == 0)]
+        if empty:
+            raise ValueError(f"{files.where('train')} has no images of {len(empty)} classes, e.g. {empty[0]}")
+        test, y_test = [], []
+        for line in _read_text(files, "val/val_annotations.txt").splitlines():
+            if line.strip():
+                image, wnid = line.split("\t")[:2]
+                if wnid not in index:
+                    raise ValueError(f"{files.where('val/val_annotations.txt')}: {image} has unknown class {wnid}")
+                test.append(f"val/images/{image}")
+                y_test.append(index[wnid])
+        words = {}
+        if files.exists("words.txt"):
+            for line in _read_text(files, "words.txt").splitlines():
+                wnid, _, synonyms = line.partition("\t")
+                words[wnid] = synonyms.split(",")[0].strip()
+        names = tuple(words.get(w) or w for w in wnids)
+
+        def build() -> ImageData:
+            return ImageData("tinyimagenet", _decode_all(files, train, image_size, resize, "decoding tinyimagenet train"),
+                             y_train, _decode_all(files, test, image_size, resize, "decoding tinyimagenet val"),
+                             np.array(y_test, np.int64), names)
+
+        return _cached("tinyimagenet", image_size, resize, files.fingerprint(train + test), build, cache)
+    finally:
+        files.close()
+
+
+def load_imagefolder(root: Path, image_size: int, resize: str, cache: bool) -> ImageData:
+    """root/train/<class>/<images> and root/val/<class>/<images> (or test/); classes in sorted order."""
+    layout = "expected train/<class>/<image files> and val/<class>/... (or test/<class>/...)"
+    if not (root / "train").is_dir():
+        raise ValueError(f"imagefolder: {root} has no train/ folder; {layout}")
+    test_split = next((s for s in ("val", "test") if (root / s).is_dir()), None)
+    if test_split is None:
+        raise ValueError(f"imagefolder: {root} has no val/ or test/ folder; {layout}")
+    classes = sorted(e.name for e in os.scandir(root / "train") if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise ValueError(f"imagefolder: {root / 'train'} has no class folders; {layout}")
+    index = {c: i for i, c in enumerate(classes)}
+    files = _FolderFiles(root)
+    split = {}
+    for part in ("train", test_split):
+        names = [n for n in files.names(part) if _is_image(n) and n.count("/") >= 2]
+        labels = [n.split("/")[1] for n in names]
+        unknown = sorted(set(labels) - index.keys())
+        if unknown:
+            raise ValueError(f"imagefolder: {root / part} has classes without training folder: {', '.join(unknown[:5])}")
+        split[part] = (names, np.array([index[c] for c in labels], np.int64))
+    empty = [classes[i] for i in np.flatnonzero(np.bincount(split["train"][1], minlength=len(classes)) == 0)]
+    if empty:
+        raise ValueError(f"imagefolder: {len(empty)} class folders in {root / 'train'} hold no images "
+                         f"({', '.join(IMAGE_EXTENSIONS)}), e.g. {empty[0]}")
+    if not split[test_split][0]:
+        raise ValueError(f"imagefolder: {root / test_split} holds no images; {layout}")
+    (train, y_train), (test, y_test) = split["train"], split[test_split]
+
+    def build() -> ImageData:
+        return ImageData("imagefolder", _decode_all(files, train, image_size, resize, "decoding train images"), y_train,
+                         _decode_all(files, test, image_size, resize, f"decoding {test_split} images"), y_test, tuple(classes))
+
+    return _cached("imagefolder", image_size, resize, files.fingerprint(train + test), build, cache)

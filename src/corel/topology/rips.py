@@ -1,0 +1,168 @@
+"""Vietoris-Rips persistence in every homology dimension, differentiable.
+
+The filtration value of an edge is the full pairwise distance (as in gudhi and ripser, not half of
+it); a simplex enters at its longest edge.  Dimension 0 is corel's exact H0
+(:func:`corel.topology.h0.h0_persistence`).  Dimensions >= 1 come from giotto-ph's ``ripser_parallel``
+(an optional AGPL-3 dependency, imported only when asked for) run on the distance matrix: for
+every class the engine names the edge whose length is its birth and the edge whose length is its
+death.  Births and deaths are then gathered from differentiable distances at those edges, so
+autograd gives exact gradients wherever the pairing is unique (tie-free inputs).
+
+The engine computes in float32: the pairing is the one of the float32 distances, the values are
+the distances in the input's dtype at the paired edges.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from corel.topology.diagram import H0, Diagram
+from corel.topology.distances import (
+    Metric,
+    check_distance_matrix,
+    check_points,
+    edge_lengths,
+    metric_order,
+    pairwise_distances,
+)
+from corel.topology.h0 import h0_persistence, h0_persistence_from_distances
+
+Lengths = Callable[[Tensor], Tensor]
+
+
+def _engine() -> Callable[..., dict]:
+    try:
+        from gph import ripser_parallel
+    except ImportError as err:
+        raise ImportError(
+            "Vietoris-Rips persistence in dimension >= 1 needs giotto-ph (AGPL-3, optional): "
+            "pip install 'corel[higher]'"
+        ) from err
+    return ripser_parallel
+
+
+def check_max_dimension(max_dimension: Any) -> int:
+    if isinstance(max_dimension, bool) or not isinstance(max_dimension, Integral) or max_dimension < 0:
+        raise ValueError(f"max_dimension must be a non-negative int, got {max_dimension!r}")
+    return int(max_dimension)
+
+
+def _check_threshold(threshold: Any) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, Real) or not threshold >= 0:
+        raise ValueError(f"threshold must be a number >= 0 (math.inf for none), got {threshold!r}")
+    return float(threshold)
+
+
+def _sorted_pairs(births: Tensor, deaths: Tensor, birth_edges: Tensor, death_edges: Tensor) -> tuple:
+    """Orders classes by death, then birth; stable, so engine order breaks exact ties."""
+    order = births.detach().argsort(stable=True)
+    order = order[deaths.detach()[order].argsort(stable=True)]
+    return torch.stack([births[order], deaths[order]], dim=1), birth_edges[order], death_edges[order]
+
+
+def _engine_diagrams(dist: np.ndarray, max_dimension: int, threshold: float, lengths: Lengths,
+                     device: torch.device) -> list[Diagram]:
+    """Dimensions 1..max_dimension of one (n, n) float64 distance matrix."""
+    # n_threads=1: with more threads giotto-ph 0.2.4 returns wrong birth edges in dimension >= 1.
+    result = _engine()(dist, maxdim=max_dimension, thresh=threshold, metric="precomputed",
+                       n_threads=1, return_generators=True)
+    _, finite, _, essential = result["gens"]
+    diagrams = []
+    for dim in range(1, max_dimension + 1):
+        gens = torch.from_numpy(finite[dim - 1]).to(device)
+        birth_edges, death_edges = gens[:, :2].sort(dim=1).values, gens[:, 2:].sort(dim=1).values
+        pairs, birth_edges, death_edges = _sorted_pairs(lengths(birth_edges), lengths(death_edges),
+                                                        birth_edges, death_edges)
+        ess_edges = torch.from_numpy(essential[dim - 1]).to(device).sort(dim=1).values
+        births = lengths(ess_edges)
+        order = births.detach().argsort(stable=True)
+        diagrams.append(Diagram(dim, pairs, births[order], birth_edges, death_edges, ess_edges[order]))
+    return diagrams
+
+
+def higher_diagrams(data: Tensor, metric: Metric | None, max_dimension: int,
+                     threshold: float) -> list[Diagram]:
+    """Dimensions 1..max_dimension of one cloud (n, d) under ``metric``, or of one distance matrix
+    (n, n) when ``metric`` is None."""
+    cpu64 = dict(device="cpu", dtype=torch.float64)
+    if metric is None:
+        dist = data.detach().to(**cpu64).numpy()
+
+        def lengths(edges: Tensor) -> Tensor:
+            return data[edges[:, 0], edges[:, 1]]
+    else:
+        with torch.no_grad():
+            dist = pairwise_distances(data.detach().to(**cpu64), metric).numpy()
+
+        def lengths(edges: Tensor) -> Tensor:
+            return edge_lengths(data, edges, metric)
+    return _engine_diagrams(dist, max_dimension, threshold, lengths, data.device)
+
+
+def _per_cloud(batch: torch.Size, diagrams_of: Callable[[tuple], list[Diagram]]) -> list:
+    """Nested lists mirroring the batch dimensions; a single cloud gives its list of diagrams."""
+    def build(index: tuple) -> list:
+        depth = len(index)
+        if depth == len(batch):
+            return diagrams_of(index)
+        return [build(index + (i,)) for i in range(batch[depth])]
+    return build(())
+
+
+def rips_persistence(points: Tensor, metric: Metric = "l1", max_dimension: int = 1, *,
+                     threshold: float = math.inf) -> list:
+    """Vietoris-Rips persistence of clouds ``points`` (..., n, d) in dimensions 0..max_dimension.
+
+    For one cloud (n, d) returns a list of ``max_dimension + 1`` :class:`Diagram` s indexed by
+    homology dimension; for a batch, nested lists mirroring the leading dimensions
+    (``result[i][j][k]`` is dimension k of cloud ``points[i, j]``; the clouds are computed one by
+    one in dimension >= 1).  Edges longer than ``threshold`` never enter: the classes still alive
+    there are essential.  Without a threshold the full complex is contractible, so the only
+    essential class is the one of dimension 0.  Dimension 0 keeps zero-length bars (duplicate
+    points); in dimension >= 1 the engine reports only classes with death > birth (in float32).
+    Dimension >= 1 needs giotto-ph (``pip install 'corel[higher]'``); its cost grows quickly with n
+    and max_dimension (dimension 2 is for clouds of a few hundred points).
+    """
+    check_points(points)
+    p = metric_order(metric)
+    max_dimension = check_max_dimension(max_dimension)
+    threshold = _check_threshold(threshold)
+    if max_dimension:
+        _engine()
+    h0 = h0_persistence(points, p)
+
+    def diagrams_of(index: tuple) -> list[Diagram]:
+        diagrams = [H0(h0.deaths[index], h0.edges[index]).diagram(threshold)]
+        if max_dimension:
+            diagrams += higher_diagrams(points[index], p, max_dimension, threshold)
+        return diagrams
+
+    return _per_cloud(points.shape[:-2], diagrams_of)
+
+
+def rips_persistence_from_distances(dist: Tensor, max_dimension: int = 1, *,
+                                    threshold: float = math.inf) -> list:
+    """As :func:`rips_persistence`, from symmetric distance matrices ``dist`` (..., n, n).
+
+    Births and deaths are gathered from ``dist``, so gradients flow into it.
+    """
+    check_distance_matrix(dist)
+    max_dimension = check_max_dimension(max_dimension)
+    threshold = _check_threshold(threshold)
+    if max_dimension:
+        _engine()
+    h0 = h0_persistence_from_distances(dist)
+
+    def diagrams_of(index: tuple) -> list[Diagram]:
+        diagrams = [H0(h0.deaths[index], h0.edges[index]).diagram(threshold)]
+        if max_dimension:
+            diagrams += higher_diagrams(dist[index], None, max_dimension, threshold)
+        return diagrams
+
+    return _per_cloud(dist.shape[:-2], diagrams_of)

@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.metrics import roc_auc_score
+
+from corel.detection.detector import OneClassDetector, count_within
+
+
+def brute_force(q, c, radius, p):
+    return (torch.linalg.vector_norm(q[:, None] - c[None], ord=p, dim=-1) <= radius).sum(dim=(1, 2))
+
+
+@pytest.mark.parametrize("metric, p", [("l1", 1), ("l2", 2), ("linf", float("inf"))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_counts_equal_brute_force_including_boundary(metric, p, dtype):
+    g = torch.Generator().manual_seed(0)
+    # integer codes: many points exactly at the radius, where <= must hold
+    q = torch.randint(-3, 4, (300, 4, 3), generator=g).to(dtype)
+    c = torch.randint(-3, 4, (70, 4, 3), generator=g).to(dtype)
+    assert torch.equal(count_within(q, c, 2.0, metric), brute_force(q, c, 2.0, p))
+
+
+def test_counts_chunked_torch_path_equals_native():
+    q, c = torch.randn(50, 3, 5), torch.randn(40, 3, 5)
+    native = count_within(q, c, 3.0)
+    # the device path, exercised on CPU through a tensor subclass-free call with small chunks
+    dist = torch.cdist(q.transpose(0, 1), c.transpose(0, 1), p=1)
+    assert torch.equal(native, (dist <= 3.0).sum(dim=(0, 2)))
+
+
+def test_detector_contract_and_scores():
+    rng = np.random.default_rng(0)
+    inliers = rng.normal(0, 0.3, size=(60, 16, 10)).astype(np.float32)
+    det = OneClassDetector(None, radius=2.0)
+    assert not hasattr(det, "codes_")
+    assert det.fit(inliers) is det
+    assert det.codes_.shape == (60, 16, 10)
+    test = np.concatenate([rng.normal(0, 0.3, size=(30, 16, 10)), rng.normal(3, 0.3, size=(30, 16, 10))]).astype(np.float32)
+    scores = det.score_samples(test)
+    assert torch.equal(torch.from_numpy(scores), brute_force(torch.from_numpy(test), det.codes_, 2.0, 1))
+    assert roc_auc_score(np.r_[np.ones(30), np.zeros(30)], scores) > 0.99
+    assert (det.predict(test[30:]) == -1).all()
+    assert np.mean(det.predict(inliers) == 1) >= 0.9 - 1e-9  # contamination 0.1 of leave-one-out scores
+    twin = clone(det)
+    assert twin.get_params() == det.get_params() and not hasattr(twin, "codes_")
+
+
+def test_save_load_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    codes = rng.normal(size=(20, 160)).astype(np.float32)
+    det = OneClassDetector(None, radius=5.0).fit(codes)
+    det.save(tmp_path / "det.pt")
+    again = OneClassDetector.load(tmp_path / "det.pt")
+    test = rng.normal(size=(15, 160)).astype(np.float32)
+    assert np.array_equal(again.score_samples(test), det.score_samples(test))
+    assert again.offset_ == det.offset_
+
+
+def test_bad_input():
+    det = OneClassDetector(None)
+    with pytest.raises(ValueError, match="N = 0"):
+        det.fit(np.zeros((0, 16, 10), np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        det.fit(np.full((3, 16, 10), np.nan, np.float32))
+    with pytest.raises(ValueError, match="branches"):
+        det.fit(np.zeros((3, 17), np.float32))
+    det.fit(np.zeros((3, 16, 10), np.float32))
+    with pytest.raises(ValueError, match="match"):
+        det.score_samples(np.zeros((3, 16, 5), np.float32))

@@ -1,0 +1,58 @@
+import json
+
+import numpy as np
+import pytest
+
+from corel.experiments.cli import main
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--data", "digits", "--out", "x", "--eta", "0"], "--eta: must be > 0"),
+    (["train", "--data", "digits", "--out", "x", "--batch-size", "1"], "--batch-size: must be >= 2"),
+    (["train", "--data", "mnist", "--out", "x"], "invalid choice"),
+    (["evaluate", "--backbone", "missing.pt", "--data", "digits", "--out", "x"], "backbone file not found"),
+])
+def test_bad_arguments_give_one_line_error(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_demo_quick_then_evaluate(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "lambda=1" in out and "lambda=0" in out and "mean AUROC" in out
+    assert (tmp_path / "auroc_digits.png").stat().st_size > 0
+    report = json.loads((tmp_path / "lambda1" / "auroc_digits_n40.json").read_text())
+    assert len(report["classes"]) == 10 and report["mean"] > 80  # digits are easy; chance is 50
+    assert main(["evaluate", "--backbone", str(tmp_path / "lambda1" / "backbone.pt"), "--data", "digits",
+                 "-n", "30", "--draws", "2", "--out", str(tmp_path / "eval"), "--quiet"]) == 0
+    assert (tmp_path / "eval" / "auroc_digits_n30.md").read_text().count("|") > 20
+
+
+def test_compare_on_identical_draws(tmp_path):
+    from corel.experiments.datasets import load_dataset
+    from corel.experiments.workflows import compare, default_model_config
+    from corel.experiments.training import TrainConfig, train
+
+    data = load_dataset("digits")
+    backbone = train(data.x_train, tmp_path / "bb", default_model_config(data, branches=4, branch_dim=3),
+                     TrainConfig(epochs=2, batch_size=50, eta=1.0, lam=1.0), accelerator="cpu", devices=1,
+                     progress=False)
+    results = compare(["corel", "dagmm"], data, tmp_path, backbone=backbone, n=20, draws=1, classes=[0, 1],
+                      small=True, progress=False)
+    assert set(results) == {"corel", "dagmm"} and all(r.auroc.shape == (2, 1) for r in results.values())
+    table = (tmp_path / "compare_digits_n20.md").read_text()
+    assert "| corel |" in table and "| dagmm |" in table
+    assert (tmp_path / "compare_digits_n20.png").stat().st_size > 0
+    assert len(list((tmp_path / "dagmm" / "cells_digits_n20").glob("class*_draw0.json"))) == 2
+    # report-only over three classes: nothing is computed, class 2 is left out of the means
+    partial = compare(["corel", "dagmm"], data, tmp_path, backbone=backbone, n=20, draws=1, classes=[0, 1, 2],
+                      small=True, compute=False, progress=False)
+    np.testing.assert_array_equal(partial["dagmm"].auroc[:2], results["dagmm"].auroc)
+    assert not partial["dagmm"].finished[2]
+    table = (tmp_path / "compare_digits_n20.md").read_text()
+    assert "the 2 of 3 classes every method finished" in table and f"| dagmm | {results['dagmm'].mean:.2f} |" in table
+    with pytest.raises(ValueError, match="unknown methods"):
+        compare(["corel", "svm"], data, tmp_path, backbone=backbone)

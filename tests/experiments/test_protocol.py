@@ -1,0 +1,126 @@
+"""The protocol harness: stored cells, resuming, partial reports, test subsets, per-cell seeds."""
+
+import json
+
+import numpy as np
+import pytest
+
+from corel.detection.detector import OneClassDetector
+from corel.experiments.protocol import CellStore, cell_seed, draw_indices, evaluate, stratified_subset
+from corel.experiments.reports import protocol_markdown, write_protocol
+
+
+def _codes():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 3, size=(3, 2, 3))
+    y_train, y_test = np.repeat(np.arange(3), 30), np.repeat(np.arange(3), 20)
+    x_train = (centres[y_train] + rng.normal(size=(90, 2, 3))).astype(np.float32)
+    x_test = (centres[y_test] + rng.normal(size=(60, 2, 3))).astype(np.float32)
+    return x_train, y_train, x_test, y_test
+
+
+class Recorder:
+    """A detector factory that remembers the seeds (cells) it was asked for."""
+
+    def __init__(self):
+        self.seeds = []
+
+    def __call__(self, seed):
+        self.seeds.append(seed)
+        return OneClassDetector(None, radius=2.0, branches=2)
+
+
+def test_stored_cells_are_reused_and_equal_a_fresh_run(tmp_path):
+    data = _codes()
+    fresh = evaluate(Recorder(), *data, n=10, draws=2, progress=False)
+    first = Recorder()
+    # a run killed after class 0: only its cells exist
+    evaluate(first, *data, n=10, draws=2, classes=[0], cells_dir=tmp_path, progress=False)
+    assert len(first.seeds) == 2 and len(list(tmp_path.glob("class0_draw*.json"))) == 2
+    resumed = Recorder()
+    result = evaluate(resumed, *data, n=10, draws=2, cells_dir=tmp_path, progress=False)
+    assert len(resumed.seeds) == 4  # classes 1 and 2 only
+    np.testing.assert_array_equal(result.auroc, fresh.auroc)
+    assert result.seconds > 0
+
+
+def test_cells_from_other_settings_are_refused(tmp_path):
+    data = _codes()
+    evaluate(Recorder(), *data, n=10, draws=1, classes=[0], cells_dir=tmp_path, settings={"radius": 2.0},
+             progress=False)
+    with pytest.raises(ValueError, match="other settings.*n"):
+        evaluate(Recorder(), *data, n=12, draws=1, classes=[0], cells_dir=tmp_path, settings={"radius": 2.0},
+                 progress=False)
+    with pytest.raises(ValueError, match="other settings.*radius"):
+        evaluate(Recorder(), *data, n=10, draws=1, classes=[0], cells_dir=tmp_path, settings={"radius": 3.0},
+                 progress=False)
+    (tmp_path / "class0_draw0.json").write_text("{trunc")
+    with pytest.raises(ValueError, match="corrupt"):
+        evaluate(Recorder(), *data, n=10, draws=1, cells_dir=tmp_path, settings={"radius": 2.0}, progress=False)
+
+
+def test_report_only_leaves_missing_cells_out(tmp_path):
+    data = _codes()
+    evaluate(Recorder(), *data, n=10, draws=2, classes=[1], cells_dir=tmp_path, progress=False)
+    idle = Recorder()
+    result = evaluate(idle, *data, n=10, draws=2, cells_dir=tmp_path, compute=False, progress=False)
+    assert idle.seeds == []
+    assert result.finished.tolist() == [False, True, False]
+    assert result.mean == pytest.approx(result.auroc[1].mean())
+    assert "1 of 3 classes" in protocol_markdown(result) and "not run" in protocol_markdown(result)
+    paths = write_protocol(result, tmp_path / "report")
+    assert json.loads(paths[1].read_text())["classes"][0]["auroc_mean"] is None
+
+
+def test_cell_seeds_differ_between_draws_and_classes():
+    recorder = Recorder()
+    evaluate(recorder, *_codes(), n=10, draws=3, progress=False)
+    assert len(set(recorder.seeds)) == 9
+    assert recorder.seeds[0] == cell_seed(0, 0, 0) and cell_seed(0, 0, 0) != cell_seed(1, 0, 0)
+
+
+def test_stratified_subset_is_fixed():
+    y = np.repeat(np.arange(4), [100, 100, 100, 700])
+    idx = stratified_subset(y, 100, seed=3)
+    assert np.array_equal(idx, stratified_subset(y, 100, seed=3)) and len(set(idx)) == len(idx)
+    assert np.bincount(y[idx]).tolist() == [10, 10, 10, 70]
+    assert len(stratified_subset(y, None)) == len(stratified_subset(y, 5000)) == 1000
+    with pytest.raises(ValueError, match="smaller than the number of classes"):
+        stratified_subset(y, 3)
+
+
+def test_evaluation_on_a_test_subset():
+    x_train, y_train, x_test, y_test = _codes()
+    result = evaluate(Recorder(), x_train, y_train, x_test, y_test, n=10, draws=1, test_size=30, progress=False)
+    assert result.settings["test_size"] == 30
+
+
+def test_cell_store_writes_its_key(tmp_path):
+    CellStore(tmp_path, {"method": "m", "n": (1, 2)})
+    CellStore(tmp_path, {"method": "m", "n": (1, 2)})  # tuples read back as lists: the same key
+    assert json.loads((tmp_path / "key.json").read_text())["n"] == [1, 2]
+
+
+def test_protocol_on_synthetic_data_with_known_answer():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 10, size=(3, 4, 5))
+    y_train, y_test = np.repeat(np.arange(3), 50), np.repeat(np.arange(3), 20)
+    x_train = (centres[y_train] + rng.normal(size=(150, 4, 5))).astype(np.float32)
+    x_test = (centres[y_test] + rng.normal(size=(60, 4, 5))).astype(np.float32)
+    result = evaluate(lambda _seed: OneClassDetector(None, radius=4.0, branches=4), x_train, y_train, x_test, y_test,
+                      n=20, draws=2, progress=False)
+    assert result.auroc.shape == (3, 2) and result.mean > 99
+    a, b = draw_indices(y_train, 1, 20, 0), draw_indices(y_train, 1, 20, 0)
+    assert np.array_equal(a, b) and (y_train[a] == 1).all() and len(set(a)) == 20
+    assert not np.array_equal(a, draw_indices(y_train, 1, 20, 1))
+    with pytest.raises(ValueError, match="fewer"):
+        draw_indices(y_train, 1, 51, 0)
+
+
+def test_protocol_report_files(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(2), 10)
+    x = rng.normal(size=(20, 2, 2)).astype(np.float32)
+    result = evaluate(lambda _seed: OneClassDetector(None, radius=1.0, branches=2), x, y, x, y, n=5, draws=1, progress=False)
+    for path in write_protocol(result, tmp_path):
+        assert path.stat().st_size > 0

@@ -1,0 +1,223 @@
+"""Vietoris-Rips persistence in dimension >= 1 against gudhi, gradients, thresholds, the torchph API."""
+
+import math
+import sys
+
+import gudhi
+import numpy as np
+import pytest
+import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial.distance import cdist
+
+import corel.pershom as pershom
+from conftest import METRICS
+from corel import (
+    H0,
+    Diagram,
+    h0_persistence,
+    persistence_pairs,
+    rips_persistence,
+    rips_persistence_from_distances,
+)
+
+
+
+def gudhi_diagrams(dist: np.ndarray, max_dimension: int, threshold: float = math.inf):
+    """(finite pairs sorted by (death, birth), sorted essential births) per dimension, by gudhi."""
+    rips = gudhi.RipsComplex(distance_matrix=dist, max_edge_length=threshold)
+    tree = rips.create_simplex_tree(max_dimension=max_dimension + 1)
+    pairs = tree.persistence(homology_coeff_field=2, min_persistence=0)
+    out = []
+    for k in range(max_dimension + 1):
+        finite = sorted(((b, d) for dim, (b, d) in pairs if dim == k and math.isfinite(d)), key=lambda t: (t[1], t[0]))
+        essential = sorted(b for dim, (b, d) in pairs if dim == k and not math.isfinite(d))
+        out.append((np.array(finite).reshape(-1, 2), np.array(essential)))
+    return out
+
+
+def assert_equal_to_gudhi(diagrams, expected):
+    assert len(diagrams) == len(expected)
+    for k, (diagram, (finite, essential)) in enumerate(zip(diagrams, expected)):
+        assert diagram.dimension == k
+        np.testing.assert_allclose(diagram.pairs.detach().numpy(), finite, atol=1e-12)
+        np.testing.assert_allclose(diagram.essential.detach().numpy(), essential, atol=1e-12)
+
+
+def noisy_circle(rng, n=16, noise=0.05):
+    angles = np.linspace(0, 2 * np.pi, n, endpoint=False) + rng.uniform(0, 0.1, n)
+    return np.stack([np.cos(angles), np.sin(angles)], 1) + noise * rng.normal(size=(n, 2))
+
+
+@pytest.mark.parametrize("metric, scipy_metric", METRICS)
+@pytest.mark.parametrize("n, d, max_dimension", [(40, 2, 1), (60, 5, 1), (25, 3, 2)])
+def test_diagrams_equal_gudhi(rng, metric, scipy_metric, n, d, max_dimension):
+    x = rng.normal(size=(n, d))
+    diagrams = rips_persistence(torch.from_numpy(x), metric, max_dimension)
+    assert_equal_to_gudhi(diagrams, gudhi_diagrams(cdist(x, x, **scipy_metric), max_dimension))
+    assert len(diagrams[1].pairs) > 0  # the test compares something in dimension 1
+    dist = torch.from_numpy(cdist(x, x, **scipy_metric))
+    for diagram in diagrams:  # each value is the distance at its edge
+        torch.testing.assert_close(diagram.pairs[:, 1], dist[diagram.death_edges[:, 0], diagram.death_edges[:, 1]])
+        torch.testing.assert_close(diagram.pairs[:, 0], dist[diagram.birth_edges[:, 0], diagram.birth_edges[:, 1]])
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.6, 1.2])
+def test_threshold_and_essential_classes_equal_gudhi(rng, threshold):
+    x = np.concatenate([noisy_circle(rng), 0.3 * rng.normal(size=(6, 2)) + 3])  # a loop and a far cluster
+    dist = cdist(x, x)
+    diagrams = rips_persistence(torch.from_numpy(x), "l2", 2, threshold=threshold)
+    assert_equal_to_gudhi(diagrams, gudhi_diagrams(dist, 2, threshold))
+    from_matrix = rips_persistence_from_distances(torch.from_numpy(dist), 2, threshold=threshold)
+    for a, b in zip(diagrams, from_matrix):
+        torch.testing.assert_close(a.pairs, b.pairs)
+        torch.testing.assert_close(a.essential, b.essential)
+    for diagram in diagrams[1:]:
+        torch.testing.assert_close(diagram.essential,
+                                   torch.from_numpy(dist[tuple(diagram.essential_edges.T.numpy())]))
+    if threshold == 1.2:  # the loop is born below the threshold and does not die before it
+        assert diagrams[1].essential.shape == (1,)
+
+
+def test_without_threshold_only_one_essential_class(rng):
+    diagrams = rips_persistence(torch.from_numpy(rng.normal(size=(30, 3))), "l1", 2)
+    assert [d.essential.shape[0] for d in diagrams] == [1, 0, 0]
+
+
+def test_h0_diagram_equals_h0_persistence_and_elder_rule(rng):
+    x = rng.normal(size=(50, 2))
+    for threshold in [math.inf, 0.3]:
+        diagram = rips_persistence(torch.from_numpy(x), "l2", 0, threshold=threshold)[0]
+        h0 = h0_persistence(torch.from_numpy(x), "l2")
+        keep = h0.deaths <= threshold
+        torch.testing.assert_close(diagram.pairs[:, 1], h0.deaths[keep])
+        assert (diagram.pairs[:, 0] == 0).all()
+        # essential vertices: the smallest index of each component of the thresholded graph
+        edges = h0.edges[keep].numpy()
+        graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(50, 50))
+        count, labels = connected_components(graph, directed=False)
+        assert diagram.essential.shape == (count,)
+        assert diagram.essential_edges[:, 0].tolist() == [int(np.flatnonzero(labels == c)[0]) for c in range(count)]
+        # every vertex but the essential ones starts exactly one dying component
+        born = diagram.birth_edges[:, 0].tolist() + diagram.essential_edges[:, 0].tolist()
+        assert sorted(born) == list(range(50))
+
+
+@pytest.mark.parametrize("metric", ["l1", "l2", "linf"])
+def test_gradcheck_points(rng, metric):
+    x = torch.from_numpy(noisy_circle(rng, n=10, noise=0.1)).requires_grad_()
+
+    def values(points):
+        full = rips_persistence(points, metric, 1)
+        cut = rips_persistence(points, metric, 1, threshold=1.5)  # the loop stays open: essential
+        return torch.cat([full[1].pairs.reshape(-1), cut[1].essential, full[0].pairs[:, 1]])
+
+    assert len(values(x)) >= 9 + 3  # a finite and an essential class of dimension 1
+    assert torch.autograd.gradcheck(values, (x,))
+
+
+def test_gradcheck_distance_matrix(rng):
+    n = 9
+    iu = torch.triu_indices(n, n, 1)
+    w = torch.from_numpy(rng.uniform(1, 2, size=iu.shape[1])).requires_grad_()
+
+    def values(upper):
+        dist = torch.zeros(n, n, dtype=upper.dtype).index_put((iu[0], iu[1]), upper)
+        diagrams = rips_persistence_from_distances(dist + dist.T, 2)
+        return torch.cat([diagrams[1].pairs.reshape(-1), diagrams[2].pairs.reshape(-1)])
+
+    assert len(values(w)) > 0
+    assert torch.autograd.gradcheck(values, (w,))
+
+
+def test_batched_equals_per_cloud(rng):
+    x = torch.from_numpy(rng.normal(size=(2, 3, 20, 2)))
+    batched = rips_persistence(x, "l1", 1)
+    assert len(batched) == 2 and all(len(row) == 3 for row in batched)
+    for i in range(2):
+        for j in range(3):
+            for a, b in zip(batched[i][j], rips_persistence(x[i, j], "l1", 1)):
+                assert torch.equal(a.pairs, b.pairs) and torch.equal(a.death_edges, b.death_edges)
+
+
+def test_float32_close_to_float64(rng):
+    x = rng.normal(size=(40, 3))
+    a = rips_persistence(torch.from_numpy(x), "l2", 1)[1].pairs
+    b = rips_persistence(torch.from_numpy(x).float(), "l2", 1)[1].pairs
+    assert b.dtype == torch.float32
+    np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5)
+
+
+def test_engine_is_optional_and_named_in_the_error(rng, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gph", None)  # as if giotto-ph were not installed
+    x = torch.from_numpy(rng.normal(size=(10, 2)))
+    assert len(rips_persistence(x, "l1", 0)) == 1  # dimension 0 never needs it
+    pershom.vr_persistence_l1(x, 0)
+    with pytest.raises(ImportError, match=r"corel\[higher\]"):
+        rips_persistence(x, "l1", 1)
+    with pytest.raises(ImportError, match=r"corel\[higher\]"):
+        pershom.vr_persistence_l1(x, 1)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_dimension": -1}, "max_dimension"), ({"max_dimension": 1.0}, "max_dimension"),
+    ({"max_dimension": True}, "max_dimension"), ({"threshold": -1.0}, "threshold"),
+    ({"threshold": float("nan")}, "threshold"), ({"metric": "l7"}, "metric"),
+])
+def test_bad_parameters(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        rips_persistence(torch.randn(5, 2), **kwargs)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="NaN"):
+        rips_persistence(torch.tensor([[0.0, float("nan")], [1.0, 1.0]]), "l1", 1)
+    with pytest.raises(ValueError, match="shape"):
+        rips_persistence(torch.zeros(5), "l1", 1)
+    with pytest.raises(ValueError, match="symmetric"):
+        rips_persistence_from_distances(torch.tensor([[0.0, 1.0], [2.0, 0.0]]), 1)
+
+
+def test_tiny_clouds():
+    for n in [1, 2, 3]:
+        diagrams = rips_persistence(torch.arange(n, dtype=torch.float64)[:, None], "l1", 2)
+        assert [len(d.pairs) for d in diagrams] == [n - 1, 0, 0]
+        assert [len(d.essential) for d in diagrams] == [1, 0, 0]
+
+
+def test_torchph_api_all_dimensions(rng):
+    x = torch.from_numpy(noisy_circle(rng))
+    dist = torch.cdist(x, x)
+    for threshold in [0.0, 1.2]:
+        non_ess, ess = pershom.vr_persistence_l2(x, 2, threshold)
+        expected = gudhi_diagrams(dist.numpy(), 2, threshold or math.inf)
+        assert len(non_ess) == len(ess) == 3
+        for k in range(3):
+            np.testing.assert_allclose(non_ess[k].numpy(), expected[k][0].reshape(-1, 2), atol=1e-12)
+            assert ess[k].shape == (len(expected[k][1]),)
+            np.testing.assert_allclose(ess[k].numpy(), expected[k][1], atol=1e-12)
+        non_ess_d, ess_d = pershom.vr_persistence(dist, 2, threshold)
+        for a, b in zip(non_ess + ess, non_ess_d + ess_d):
+            torch.testing.assert_close(a, b)
+    # true Vietoris-Rips semantics: at max_dimension=1 the loop is a finite bar (torchph: essential)
+    non_ess, ess = pershom.vr_persistence_l1(x, 1)
+    assert len(non_ess[1]) >= 1 and ess[1].shape == (0,)
+
+
+def test_persistence_pairs_accepts_every_result(rng):
+    x = torch.from_numpy(rng.normal(size=(20, 2)))
+    diagrams = rips_persistence(x, "l1", 1)
+    torchph = pershom.vr_persistence_l1(x, 1)
+    h0 = h0_persistence(x, "l1")
+    for result in [diagrams, torchph]:
+        pairs = persistence_pairs(result)
+        assert len(pairs) == 2
+        torch.testing.assert_close(pairs[1][0], diagrams[1].pairs)
+    torch.testing.assert_close(persistence_pairs(h0)[0][0], diagrams[0].pairs)
+    single = persistence_pairs(diagrams[1])  # placed at its own dimension
+    assert single[0][0].shape == (0, 2) and torch.equal(single[1][0], diagrams[1].pairs)
+    for bad in [x, [], (1, 2), H0(h0.deaths[None], h0.edges[None])]:
+        with pytest.raises(ValueError):
+            persistence_pairs(bad)
+    assert isinstance(diagrams[0], Diagram)
