@@ -77,10 +77,14 @@ def safe_torch_load(path: str | os.PathLike, what: str) -> Any:
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
-            AttributeError, TypeError, KeyError, IndexError) as e:
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{what} {path} is corrupt, truncated or not a corel file: it holds objects that are "
+                         "not plain data (such as code to run), which corel never loads") from e
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, AttributeError, TypeError, KeyError,
+            IndexError) as e:
+        first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise ValueError(f"{what} {path} is corrupt, truncated or not a corel file "
-                         f"({type(e).__name__}: {e})") from e
+                         f"({type(e).__name__}: {first_line})") from e
 
 
 def content_digest(obj: Any) -> str:

@@ -61,6 +61,16 @@ def test_bad_input():
     det = OneClassDetector(None)
     with pytest.raises(ValueError, match="N = 0"):
         det.fit(np.zeros((0, 16, 10), np.float32))
+    with pytest.raises(ValueError, match="N = 0"):
+        det.fit(np.zeros((0, 160), np.float32))  # flat codes: the split into branches must not crash
+    with pytest.raises(ValueError, match="numpy array or a torch tensor"):
+        det.fit([[0.0] * 160])
+    for bad in ({"batch_size": 0}, {"batch_size": -5}, {"chunk_size": 0}, {"branches": 0}):
+        with pytest.raises(ValueError, match="must be a positive int"):
+            OneClassDetector(None, **bad).fit(np.zeros((3, 16, 10), np.float32))
+    for bad in (-0.1, 0.6, "auto"):
+        with pytest.raises(ValueError, match="contamination"):
+            OneClassDetector(None, contamination=bad).fit(np.zeros((3, 16, 10), np.float32))
     with pytest.raises(ValueError, match="NaN"):
         det.fit(np.full((3, 16, 10), np.nan, np.float32))
     with pytest.raises(ValueError, match="branches"):

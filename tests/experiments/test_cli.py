@@ -11,12 +11,27 @@ from corel.experiments.cli import main
     (["train", "--data", "digits", "--out", "x", "--batch-size", "1"], "--batch-size: must be >= 2"),
     (["train", "--data", "mnist", "--out", "x"], "invalid choice"),
     (["evaluate", "--backbone", "missing.pt", "--data", "digits", "--out", "x"], "backbone file not found"),
+    (["train", "--data", "digits", "--out", "x", "--devices", "abc"], "--devices: expected 'auto', a count"),
+    (["train", "--data", "digits", "--out", "x", "--devices", "0"], "--devices: the device count must be >= 1"),
+    (["train", "--data", "digits", "--out", "x", "--metric", "hamming"], "--metric: unknown metric 'hamming'"),
+    (["train", "--data", "digits", "--out", "x", "--metric", "0.5"], "--metric: metric order p must be >= 1"),
+    (["train", "--data", "digits", "--out", "x", "--eta", "inf"], "--eta: must be a finite number"),
+    (["train", "--data", "digits", "--out", "x", "--epochs", "x"], "--epochs: expected an integer"),
+    (["evaluate", "--backbone", "b.pt", "--data", "digits", "--out", "x", "--radius", "nan"], "--radius: must be a finite"),
 ])
 def test_bad_arguments_give_one_line_error(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_metric_names_go_through_the_one_parser():
+    from corel.experiments.cli import build_parser
+
+    for text, metric in (("manhattan", "l1"), ("L2", "l2"), ("euclidean", "l2"), ("3", 3.0), ("inf", "linf")):
+        args = build_parser().parse_args(["train", "--data", "digits", "--out", "x", "--metric", text])
+        assert args.metric == metric
 
 
 def test_demo_quick_then_evaluate(tmp_path, capsys):

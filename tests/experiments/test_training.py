@@ -1,4 +1,9 @@
 import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,7 +11,15 @@ import torch
 from corel.detection.backbone import Backbone
 from corel.experiments.datasets import load_dataset
 from corel.detection.models import AutoencoderConfig
-from corel.experiments.training import ConnectivityAutoencoder, TrainConfig, death_statistics, train
+from corel.experiments.cli import main
+from corel.experiments.training import (
+    AtomicCheckpointIO,
+    ConnectivityAutoencoder,
+    TrainConfig,
+    backbone_from_checkpoint,
+    death_statistics,
+    train,
+)
 
 CFG = AutoencoderConfig(kind="mlp", input_shape=(1, 8, 8), filters=(32,), branches=2, branch_dim=3)
 
@@ -86,9 +99,122 @@ def test_death_statistics():
 
 
 def test_backbone_from_checkpoint_matches_final_backbone(tmp_path, digits):
-    from corel.experiments.training import backbone_from_checkpoint
-
     backbone = run(digits, tmp_path, epochs=2)
     from_ckpt = backbone_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert from_ckpt.info["epochs_completed"] == 2 and from_ckpt.eta == 1.0
     torch.testing.assert_close(from_ckpt.encode(digits[:5]), backbone.encode(digits[:5]))
+
+
+# ----------------------------------------------------------------------------- safety of run folders
+
+
+class Exploit:
+    """Unpickling this runs a shell command (the classic __reduce__ payload)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_planted_checkpoint_payload_never_runs(tmp_path, digits):
+    marker = tmp_path / "pwned"
+    run(digits, tmp_path / "run", epochs=1)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    torch.save({"epoch": 0, "state_dict": {}, "hyper_parameters": Exploit(marker)}, last)
+    with pytest.raises(ValueError, match="corrupt, truncated or not a corel file"):
+        run(digits, tmp_path / "run", epochs=2, resume=True)
+    with pytest.raises(ValueError, match="corrupt, truncated or not a corel file"):
+        backbone_from_checkpoint(last)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--backbone", str(last), "--data", "digits", "--out", str(tmp_path / "e")])
+    assert exit_info.value.code == 2 and not marker.exists()
+    # Lightning's own resume path goes through the same loader
+    with pytest.raises(ValueError, match="corrupt"):
+        AtomicCheckpointIO().load_checkpoint(last)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("change, named", [({"lam": 2.0}, "train.lam: 1.0 -> 2.0"), ({"eta": 3.0}, "train.eta"),
+                                           ({"lr": 0.01}, "train.lr"), ({"seed": 4}, "train.seed"),
+                                           ({"batch_size": 50}, "train.batch_size")])
+def test_resume_with_other_settings_is_refused(tmp_path, digits, change, named):
+    run(digits, tmp_path, epochs=1)
+    before = (tmp_path / "checkpoints" / "last.ckpt").read_bytes()
+    settings = {"epochs": 2, "batch_size": 40, "eta": 1.0, "lam": 1.0, "seed": 3, **change}
+    with pytest.raises(ValueError, match=f"other settings.*{re.escape(named)}"):
+        train(digits, tmp_path, CFG, TrainConfig(**settings), resume=True, accelerator="cpu", devices=1,
+              progress=False)
+    assert (tmp_path / "checkpoints" / "last.ckpt").read_bytes() == before
+
+
+def test_resume_with_another_architecture_or_data_is_refused(tmp_path, digits):
+    run(digits, tmp_path, epochs=1)
+    wider = AutoencoderConfig(kind="mlp", input_shape=(1, 8, 8), filters=(32,), branches=3, branch_dim=3)
+    with pytest.raises(ValueError, match=r"model\.branches: 2 -> 3"):
+        train(digits, tmp_path, wider, TrainConfig(epochs=2, batch_size=40, eta=1.0, lam=1.0, seed=3), resume=True,
+              accelerator="cpu", devices=1, progress=False)
+    with pytest.raises(ValueError, match=r"data\.digest"):
+        run(digits[::-1].copy(), tmp_path, epochs=2, resume=True)
+
+
+def test_checkpoints_are_written_beside_their_target_with_normal_permissions(tmp_path, digits, monkeypatch):
+    replaced = []
+    real_replace = os.replace
+
+    def recording_replace(src, dst):
+        replaced.append((Path(src), Path(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", recording_replace)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "elsewhere"))
+    run(digits, tmp_path / "run", epochs=2)
+    checkpoints = [(src, dst) for src, dst in replaced if dst.suffix == ".ckpt"]
+    assert len(checkpoints) == 2 and all(src.parent == dst.parent for src, dst in checkpoints)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("checkpoints/last.ckpt", "backbone.pt", "summary.json"):
+        assert (tmp_path / "run" / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+    assert not list((tmp_path / "run").rglob("*.tmp"))
+
+
+def test_a_moved_run_folder_resumes_from_its_newest_checkpoint(tmp_path, digits):
+    straight = run(digits, tmp_path / "a", epochs=3)
+    run(digits, tmp_path / "b", epochs=2)
+    (tmp_path / "b").rename(tmp_path / "moved")
+    resumed = run(digits, tmp_path / "moved", epochs=3, resume=True)
+    assert sorted(p.name for p in (tmp_path / "moved" / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert json.loads((tmp_path / "moved" / "summary.json").read_text())["epochs_completed"] == 3
+    for (k, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_finished_runs_are_never_overwritten(tmp_path, digits, caplog):
+    run(digits, tmp_path, epochs=1)
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with caplog.at_level(logging.INFO, logger="corel"):
+        again = run(digits, tmp_path, epochs=1, resume=True)
+    assert "nothing to do" in caplog.text
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
+    assert again.fingerprint == Backbone.load(tmp_path / "backbone.pt").fingerprint
+    shutil.rmtree(tmp_path / "checkpoints")
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        run(digits, tmp_path, epochs=1)
+    assert run(digits, tmp_path, epochs=1, resume=True).fingerprint == again.fingerprint  # nothing to do
+    with pytest.raises(ValueError, match="no checkpoint to continue it"):
+        run(digits, tmp_path, epochs=2, resume=True)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "checkpoints" not in p.parts} == \
+        {p: b for p, b in files.items() if "checkpoints" not in p.parts}
+
+
+def test_more_epochs_than_asked_is_refused(tmp_path, digits):
+    run(digits, tmp_path, epochs=2)
+    (tmp_path / "summary.json").unlink()
+    (tmp_path / "backbone.pt").unlink()
+    with pytest.raises(ValueError, match="already trained 2 epochs, more than the 1"):
+        run(digits, tmp_path, epochs=1, resume=True)
+    # killed between the last checkpoint and the final files: resuming writes them, trains nothing
+    backbone = run(digits, tmp_path, epochs=2, resume=True)
+    assert Backbone.load(tmp_path / "backbone.pt").fingerprint == backbone.fingerprint
+    assert json.loads((tmp_path / "summary.json").read_text())["epochs_completed"] == 2

@@ -11,7 +11,7 @@ from scipy.spatial.distance import cdist
 
 import corel.pershom as pershom
 from conftest import METRICS
-from corel import h0_persistence, h0_persistence_from_distances
+from corel import h0_persistence, h0_persistence_from_distances, rips_persistence
 
 
 
@@ -172,10 +172,27 @@ def test_bad_input_raises(bad, message):
         h0_persistence(bad)
 
 
+@pytest.mark.parametrize("fn", [h0_persistence, h0_persistence_from_distances, lambda x: pershom.vr_persistence_l1(x, 0),
+                                lambda x: pershom.vr_persistence(x, 0), lambda x: rips_persistence(x, max_dimension=0)])
+def test_arrays_and_lists_are_refused_with_a_hint(fn):
+    for bad in (np.zeros((3, 3)), [[0.0, 1.0], [1.0, 0.0]]):
+        with pytest.raises(ValueError, match="torch.Tensor"):
+            fn(bad)
+
+
 def test_bad_metric_raises():
     for metric in ["l3", 0.5, float("nan"), None]:
         with pytest.raises(ValueError, match="metric"):
             h0_persistence(torch.zeros(3, 2), metric)
+
+
+def test_torchph_distance_matrix_reads_the_lower_triangle():
+    """torchph ignores the part above the diagonal, so an asymmetric matrix is accepted."""
+    lower = torch.tensor([[0.0, 9.0, 9.0], [1.0, 0.0, 9.0], [4.0, 2.0, 0.0]], requires_grad=True)
+    non_ess, ess = pershom.vr_persistence(lower, 0)
+    assert non_ess[0][:, 1].tolist() == [1.0, 2.0] and ess[0].tolist() == [0.0]
+    non_ess[0][:, 1].sum().backward()
+    assert lower.grad.tolist() == [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
 
 
 def test_bad_distance_matrix_raises():

@@ -37,8 +37,9 @@ def test_gradient_descent_moves_deaths_towards_eta():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"eta": 0.0}, "eta"), ({"branches": 0}, "branches"), ({"reduction": "max"}, "reduction"),
-    ({"metric": "l7"}, "metric"),
+    ({"eta": 0.0}, "eta"), ({"eta": float("inf")}, "eta must be a finite number > 0"),
+    ({"eta": float("nan")}, "eta"), ({"branches": 0}, "branches"), ({"branches": True}, "branches"),
+    ({"reduction": "max"}, "reduction"), ({"metric": "l7"}, "metric"),
 ])
 def test_bad_parameters(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -97,8 +97,10 @@ def h0_persistence(points: Tensor, metric: Metric = "l1", *, backend: str = "aut
     n x n matrix (memory O(n d)), so 50,000 points of dimension 160 fit.
     ``backend``: "auto" (compiled kernel on CPU, torch elsewhere), "native" or "torch".
     """
+    check_points(points, check_values=False)
     native = _use_native(points.device, backend)
-    check_points(points, check_values=not native)  # the native kernel checks as it reads
+    if not native:  # the native kernel checks as it reads
+        check_finite(points, "points")
     p = metric_order(metric)
     *batch, n, d = points.shape
     if n == 1:

@@ -1,0 +1,105 @@
+"""The backbone and detector files: round trips, checksums, damage and foreign content."""
+
+import numpy as np
+import pytest
+import torch
+
+from corel.detection.backbone import Backbone
+from corel.detection.detector import OneClassDetector
+from corel.detection.models import AutoencoderConfig, BranchedAutoencoder
+
+CFG = AutoencoderConfig(kind="mlp", input_shape=(1, 8, 8), filters=(16,), branches=2, branch_dim=3)
+
+
+@pytest.fixture
+def backbone() -> Backbone:
+    torch.manual_seed(0)
+    return Backbone(BranchedAutoencoder(CFG).eval(), eta=1.5, metric="l1", info={"note": "test"})
+
+
+def _flip_a_weight_byte(path, tensor: torch.Tensor) -> None:
+    """Changes one byte inside the stored bytes of ``tensor``: the container stays valid."""
+    data = bytearray(path.read_bytes())
+    raw = tensor.detach().contiguous().numpy().tobytes()
+    at = data.find(raw)
+    assert at >= 0, "tensor bytes not found in the file"
+    data[at + len(raw) // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def test_round_trip(tmp_path, backbone):
+    backbone.save(tmp_path / "b.pt")
+    loaded = Backbone.load(tmp_path / "b.pt")
+    assert loaded.fingerprint == backbone.fingerprint and loaded.eta == 1.5 and loaded.info == {"note": "test"}
+    x = np.random.default_rng(0).integers(0, 256, (5, 1, 8, 8), dtype=np.uint8)
+    torch.testing.assert_close(loaded.encode(x), backbone.encode(x))
+
+
+def test_changed_bytes_inside_a_backbone_are_refused(tmp_path, backbone):
+    backbone.save(tmp_path / "b.pt")
+    torch.load(tmp_path / "b.pt", weights_only=True)  # still a valid container after the flip below
+    _flip_a_weight_byte(tmp_path / "b.pt", backbone.model.to_latent.weight)
+    assert torch.load(tmp_path / "b.pt", weights_only=True)  # torch alone loads the changed weights
+    with pytest.raises(ValueError, match="damaged"):
+        Backbone.load(tmp_path / "b.pt")
+
+
+@pytest.mark.parametrize("keep", [0, 10, 200, 1000, -20])
+def test_truncated_files_give_a_value_error(tmp_path, backbone, keep):
+    backbone.save(tmp_path / "b.pt")
+    data = (tmp_path / "b.pt").read_bytes()
+    (tmp_path / "b.pt").write_bytes(data[:keep])
+    with pytest.raises(ValueError, match="corrupt|damaged"):
+        Backbone.load(tmp_path / "b.pt")
+
+
+def test_foreign_and_future_files(tmp_path, backbone):
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="not a corel backbone file"):
+        Backbone.load(tmp_path / "foreign.pt")
+    torch.save({"format": "corel-backbone", "version": 1, "config": {}}, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="format version 1; this corel reads version 2"):
+        Backbone.load(tmp_path / "old.pt")
+    with pytest.raises(FileNotFoundError):
+        Backbone.load(tmp_path / "missing.pt")
+
+
+def _fitted(backbone=None) -> OneClassDetector:
+    codes = np.random.default_rng(0).normal(size=(20, 2, 3)).astype(np.float32)
+    if backbone is None:
+        return OneClassDetector(None, radius=1.0, branches=2).fit(codes)
+    images = np.random.default_rng(0).integers(0, 256, (20, 1, 8, 8), dtype=np.uint8)
+    return OneClassDetector(backbone).fit(images)
+
+
+def test_detector_round_trip_and_damage(tmp_path, backbone):
+    det = _fitted(backbone)
+    det.save(tmp_path / "d.corel")
+    loaded = OneClassDetector.load(tmp_path / "d.corel")
+    x = np.random.default_rng(1).integers(0, 256, (7, 1, 8, 8), dtype=np.uint8)
+    np.testing.assert_array_equal(loaded.score_samples(x), det.score_samples(x))
+    assert loaded.offset_ == det.offset_
+    _flip_a_weight_byte(tmp_path / "d.corel", det.codes_)
+    with pytest.raises(ValueError, match="damaged"):
+        OneClassDetector.load(tmp_path / "d.corel")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("radius", 0.0, "radius must be a finite number > 0"), ("radius", float("nan"), "radius"),
+    ("codes", torch.full((3, 2, 3), float("nan")), "finite"), ("codes", torch.zeros(0, 2, 3), "finite"),
+    ("offset", float("inf"), "offset"), ("metric", "manhattan-ish", "unknown metric"),
+])
+def test_a_loaded_detector_is_validated(tmp_path, field, value, message):
+    from corel._io import load_checked, save_checked
+    from corel.detection.detector import FORMAT, VERSION
+
+    _fitted().save(tmp_path / "d.corel")
+    content = load_checked(tmp_path / "d.corel", format=FORMAT, version=VERSION, what="detector")
+    content[field] = value
+    save_checked(content, tmp_path / "bad.corel", format=FORMAT, version=VERSION)  # a valid checksum
+    with pytest.raises(ValueError, match=message):
+        OneClassDetector.load(tmp_path / "bad.corel")
+    del content[field]
+    save_checked(content, tmp_path / "bad.corel", format=FORMAT, version=VERSION)
+    with pytest.raises(ValueError, match="not a valid detector file"):
+        OneClassDetector.load(tmp_path / "bad.corel")
