@@ -3,6 +3,8 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -218,3 +220,40 @@ def test_more_epochs_than_asked_is_refused(tmp_path, digits):
     backbone = run(digits, tmp_path, epochs=2, resume=True)
     assert Backbone.load(tmp_path / "backbone.pt").fingerprint == backbone.fingerprint
     assert json.loads((tmp_path / "summary.json").read_text())["epochs_completed"] == 2
+
+
+# ----------------------------------------------------------------------------- several devices
+
+
+def test_devices_see_full_batches_of_distinct_samples():
+    from torch.utils.data import BatchSampler
+
+    from corel.experiments.training import EpochShuffleSampler
+
+    single = list(EpochShuffleSampler(103, seed=5))
+    for world in (1, 2, 3):
+        batches = [list(BatchSampler(EpochShuffleSampler(103, seed=5, rank=r, world_size=world), 10, drop_last=True))
+                   for r in range(world)]
+        assert len({len(b) for b in batches}) == 1  # every device takes the same number of steps
+        seen = [i for rank in batches for batch in rank for i in batch]
+        assert all(len(batch) == 10 for rank in batches for batch in rank)
+        assert len(seen) == len(set(seen)) == (103 // world // 10) * 10 * world
+        assert set(seen) <= set(single[: 103 // world * world])  # one permutation, split across devices
+    assert list(EpochShuffleSampler(103, seed=5, rank=0, world_size=1)) == single
+
+
+def test_ddp_on_two_cpu_processes(tmp_path):
+    """`corel train --devices 2` (gloo): both processes train on their own full batches."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    out = tmp_path / "ddp"
+    done = subprocess.run([sys.executable, "-m", "corel.experiments.cli", "train", "--data", "digits", "--accelerator",
+                           "cpu", "--devices", "2", "--epochs", "2", "--batch-size", "50", "--out", str(out),
+                           "--quiet"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("backbone in") == 1  # printed once, by rank 0
+    rows = (out / "logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    steps = [int(r.split(",")[header.index("step")]) for r in rows[1:]]
+    assert steps == [9, 19]  # 1078 digits / 2 devices / 50 per batch = 10 full batches per epoch
+    assert json.loads((out / "summary.json").read_text())["epochs_completed"] == 2
+    Backbone.load(out / "backbone.pt")

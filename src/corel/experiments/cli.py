@@ -147,7 +147,10 @@ def _train(args: argparse.Namespace) -> int:
     model_config = default_model_config(data, args.branches, args.branch_dim, args.filters, args.arch, args.init)
     train_backbone(data, args.out, model_config, config, resume=args.resume, progress=not args.quiet,
                    **_trainer_kwargs(args))
-    print(f"backbone written to {args.out / 'backbone.pt'}")
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank == 0:  # under DDP every process runs this command
+        print(f"backbone in {args.out / 'backbone.pt'}")
     return 0
 
 

@@ -129,7 +129,7 @@ class ConnectivityAutoencoder(L.LightningModule):
         if not self.epoch_deaths:
             return
         for name, value in death_statistics(self.last_epoch_deaths(), self.connectivity.eta).items():
-            self.log(f"death_{name}", value, sync_dist=True)
+            self.log(f"death_{name}", value, sync_dist=True, reduce_fx=name if name in ("min", "max") else "mean")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         deaths = self.last_epoch_deaths()
@@ -236,8 +236,8 @@ class _RunReport(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         seconds = time.perf_counter() - self._start
         images = trainer.num_training_batches * trainer.datamodule.batch_size * trainer.world_size
-        pl_module.log("epoch_seconds", seconds)
-        pl_module.log("images_per_second", images / max(seconds, 1e-9))
+        pl_module.log("epoch_seconds", seconds, rank_zero_only=True)
+        pl_module.log("images_per_second", images / max(seconds, 1e-9), rank_zero_only=True)
         trainer.save_checkpoint(self.checkpoint)
 
 
