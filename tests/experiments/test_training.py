@@ -36,6 +36,7 @@ def run(images, out, epochs, resume=False, lam=1.0):
                  resume=resume, accelerator="cpu", devices=1, progress=False)
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # a module outside a Trainer
 def test_loss_on_hand_computed_batch():
     module = ConnectivityAutoencoder(CFG.to_dict(), eta=1.0, lam=2.0)
     batch = torch.zeros(3, 1, 8, 8, dtype=torch.uint8)
