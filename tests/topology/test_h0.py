@@ -6,6 +6,7 @@ import gudhi
 import numpy as np
 import pytest
 import torch
+from torch import Tensor
 from scipy.sparse.csgraph import minimum_spanning_tree
 from scipy.spatial.distance import cdist
 
@@ -76,17 +77,6 @@ def test_duplicates_and_ties_equal_gudhi(rng, metric, scipy_metric):
     assert torch.equal(res.edges, again.edges)  # deterministic under ties
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_l2_high_dimension_matmul_selection_is_exact(rng, dtype):
-    # l2 at d >= 64 selects edges on a BLAS distance matrix; lengths must still be exact
-    x = rng.normal(size=(300, 100)) * 50 + 1000
-    x = np.concatenate([x, x[:5]])  # duplicates far from the origin: the matmul pitfall
-    res = h0_persistence(torch.from_numpy(x).to(dtype), "l2")
-    assert (res.deaths[:5] == 0).all()
-    np.testing.assert_allclose(res.deaths.double().numpy(), gudhi_deaths(cdist(x, x)),
-                               rtol=1e-5 if dtype == torch.float32 else 1e-10)
-
-
 def test_from_distance_matrix_equals_points(rng):
     x = torch.from_numpy(rng.normal(size=(50, 4)))
     dist = torch.cdist(x, x, p=1)
@@ -132,16 +122,6 @@ def test_batched_equals_per_cloud(rng):
             assert torch.equal(res.edges[i, j], one.edges)
 
 
-@pytest.mark.parametrize("metric", ["l1", "l2", "linf", 1.5])
-def test_torch_backend_equals_native(rng, metric):
-    grid = torch.tensor(np.stack(np.meshgrid(np.arange(4), np.arange(4)), -1).reshape(-1, 2), dtype=torch.float64)
-    for x in [torch.from_numpy(rng.normal(size=(3, 60, 6))), torch.cat([grid, grid[:3]])]:
-        native = h0_persistence(x, metric, backend="native")
-        fallback = h0_persistence(x, metric, backend="torch")
-        torch.testing.assert_close(native.deaths, fallback.deaths)
-        assert torch.equal(native.edges, fallback.edges)
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("metric", ["l1", "l2", "linf"])
 def test_cuda_agrees_with_cpu(rng, metric):
@@ -152,6 +132,158 @@ def test_cuda_agrees_with_cpu(rng, metric):
     torch.testing.assert_close(gpu.deaths.cpu(), cpu.deaths)
     assert torch.equal(gpu.edges.cpu(), cpu.edges)
     gpu.deaths.sum().backward()
+
+
+# ----------------------------------------------------------------------------- engines, ties, scales
+
+
+def canonical_tree(x: np.ndarray, scipy_metric: dict) -> list[tuple[int, int]]:
+    """Oracle: Kruskal over scipy's distances in (length, i, j) order, the definition of the tree."""
+    dist = cdist(x, x, **scipy_metric)
+    n = len(x)
+    parent = list(range(n))
+
+    def find(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    tree = []
+    for w, i, j in sorted((dist[i, j], i, j) for i in range(n) for j in range(i + 1, n)):
+        if find(i) != find(j):
+            parent[find(i)] = find(j)
+            tree.append((i, j))
+    return tree
+
+
+def _clouds(rng) -> dict[str, np.ndarray]:
+    grid = np.stack(np.meshgrid(np.arange(5), np.arange(4), np.arange(3)), -1).reshape(-1, 3).astype(float)
+    return {
+        "random": rng.normal(size=(3, 70, 4)),
+        "duplicates": np.repeat(rng.normal(size=(3, 20, 4)), 3, axis=1),
+        "integer grid with duplicates": np.concatenate([grid, grid[:9], rng.integers(0, 3, size=(12, 3))])[None],
+        "ties": rng.integers(0, 3, size=(2, 60, 2)).astype(float),
+        "clustered": np.concatenate([rng.normal(size=(2, 30, 6)) * 1e-3 + 100, rng.normal(size=(2, 30, 6)) * 1e-3 - 100,
+                                     rng.normal(size=(2, 10, 6)) * 1e-3], axis=1),
+    }
+
+
+@pytest.mark.parametrize("kind", ["random", "duplicates", "integer grid with duplicates", "ties", "clustered"])
+@pytest.mark.parametrize("metric, scipy_metric", METRICS)
+def test_engines_return_the_canonical_tree(rng, kind, metric, scipy_metric):
+    """native and torch engines, batched and one cloud at a time, give the oracle's tree exactly."""
+    clouds = _clouds(rng)[kind]
+    exact = kind != "random" and kind != "clustered"  # integers: every distance exact in any arithmetic
+    dtypes = [torch.float64, torch.float32] if exact else [torch.float64]
+    for dtype in dtypes:
+        x = torch.from_numpy(clouds).to(dtype)
+        native, boruvka = (h0_persistence(x, metric, backend=b) for b in ("native", "torch"))
+        assert torch.equal(native.edges, boruvka.edges) and torch.equal(native.deaths, boruvka.deaths)
+        for k, cloud in enumerate(clouds):
+            single = h0_persistence(x[k], metric, backend="torch")
+            assert torch.equal(single.edges, native.edges[k]) and torch.equal(single.deaths, native.deaths[k])
+            tree = canonical_tree(cloud, scipy_metric)
+            dist = cdist(cloud, cloud, **scipy_metric)
+            np.testing.assert_allclose(native.deaths[k].double().numpy(), [dist[e] for e in tree],
+                                       rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=1e-12)
+            if exact or dtype == torch.float64:
+                assert [tuple(e) for e in native.edges[k].tolist()] == tree
+
+
+@pytest.mark.parametrize("metric, tree", [("l1", [(0, 1), (0, 3), (1, 2)]), ("l2", [(0, 1), (0, 3), (1, 2)]),
+                                          ("linf", [(0, 1), (0, 2), (0, 3)])])
+@pytest.mark.parametrize("backend", ["native", "torch"])
+def test_ties_follow_the_edge_order(metric, tree, backend):
+    square = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    assert [tuple(e) for e in h0_persistence(square, metric, backend=backend).edges.tolist()] == tree
+    dist = torch.cdist(square, square, p={"l1": 1.0, "l2": 2.0, "linf": float("inf")}[metric])
+    assert [tuple(e) for e in h0_persistence_from_distances(dist, backend=backend).edges.tolist()] == tree
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+def test_clustered_high_dimension_l2_is_exact(rng, backend):
+    """Two clusters at +-100 with 1e-3 spacing in d = 160: a matmul-expanded distance matrix picks a
+    tree up to 33% too long here; every engine must give the minimal one."""
+    x = np.concatenate([rng.normal(size=(40, 160)) * 1e-3 + 100, rng.normal(size=(40, 160)) * 1e-3 - 100])
+    for dtype, rtol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        stored = torch.from_numpy(x).to(dtype)
+        res = h0_persistence(stored, "l2", backend=backend)
+        np.testing.assert_allclose(res.deaths.double().numpy(), scipy_deaths(stored.double().numpy(),
+                                                                            {"metric": "euclidean"}), rtol=rtol)
+    small = torch.from_numpy(x[::8]).requires_grad_()  # gradients follow the right edges
+    assert torch.autograd.gradcheck(lambda p: h0_persistence(p, "l2", backend=backend).deaths, (small,))
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+@pytest.mark.parametrize("dtype, scale", [(torch.float32, 1e19), (torch.float32, 1e25), (torch.float32, 1e30),
+                                          (torch.float32, 1e-30), (torch.float64, 1e300), (torch.float64, 1e-300)])
+@pytest.mark.parametrize("metric, scipy_metric", [("l2", {"metric": "euclidean"}), (3.0, {"metric": "minkowski", "p": 3}),
+                                                  ("l1", {"metric": "cityblock"})])
+def test_huge_and_tiny_coordinates(rng, backend, dtype, scale, metric, scipy_metric):
+    unit = rng.normal(size=(2, 30, 5))
+    x = torch.from_numpy(unit * scale).to(dtype)
+    res = h0_persistence(x, metric, backend=backend)
+    stored = x.double().numpy() / scale  # the values the dtype holds, in units of scale
+    for k in range(2):
+        np.testing.assert_allclose(res.deaths[k].double().numpy() / scale, scipy_deaths(stored[k], scipy_metric),
+                                   rtol=1e-5 if dtype == torch.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+def test_distances_beyond_the_dtype_raise(backend):
+    x = torch.tensor([[-3e38, 0.0], [3e38, 0.0]])
+    with pytest.raises(ValueError, match="distance overflow"):
+        h0_persistence(x, "l2", backend=backend)
+    assert torch.isfinite(h0_persistence(x.double(), "l2", backend=backend).deaths).all()
+    with pytest.raises(ValueError, match="distance overflow.*float16"):
+        h0_persistence(torch.tensor([[-40000.0], [40000.0]], dtype=torch.float16), "l1", backend=backend)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("backend", ["native", "torch"])
+def test_half_precision_is_selected_in_float32(rng, dtype, backend):
+    x = torch.from_numpy(rng.normal(size=(4, 50, 10))).to(dtype).requires_grad_()
+    res = h0_persistence(x, "l1", backend=backend)
+    ref = h0_persistence(x.detach().float(), "l1", backend=backend)
+    assert res.deaths.dtype == dtype
+    for k in range(4):  # the same tree; rounded to the dtype, more deaths tie, so the order may differ
+        assert set(map(tuple, res.edges[k].tolist())) == set(map(tuple, ref.edges[k].tolist()))
+    assert torch.equal(res.deaths, ref.deaths.to(dtype).sort(dim=-1).values)
+    res.deaths.sum().backward()
+    assert x.grad.dtype == dtype and torch.isfinite(x.grad).all()
+
+
+def _top_level_ops(x: Tensor) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    h0_persistence(x, backend="torch")
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        h0_persistence(x, backend="torch")
+    return sum(1 for e in prof.events()
+               if e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
+
+
+def test_torch_engine_issues_few_operations():
+    """The device-independent proxy for launch-bound GPUs: a fixed number of rounds, logarithmic in n."""
+    loss_sized = _top_level_ops(torch.randn(16, 100, 10))
+    assert loss_sized <= 250
+    assert _top_level_ops(torch.randn(1, 2000, 10)) <= 3 * _top_level_ops(torch.randn(1, 100, 10))
+
+
+def test_torch_engine_in_row_tiles(rng, monkeypatch):
+    """Beyond the whole-matrix budget the distances are recomputed in row tiles: same tree."""
+    from corel.topology import boruvka
+
+    x = torch.from_numpy(rng.integers(0, 4, size=(2, 300, 3)).astype(np.float32))
+    for dtype in (torch.float32, torch.float64):
+        whole = h0_persistence(x.to(dtype), "l1", backend="torch")
+        monkeypatch.setattr(boruvka, "FULL_MATRIX_ELEMENTS", 0)
+        monkeypatch.setattr(boruvka, "TILE_ELEMENTS", 2 * 300 * 37)  # tiles of 37 rows
+        tiled = h0_persistence(x.to(dtype), "l1", backend="torch")
+        monkeypatch.undo()
+        assert torch.equal(whole.edges, tiled.edges) and torch.equal(whole.deaths, tiled.deaths)
+        assert torch.equal(whole.edges, h0_persistence(x.to(dtype), "l1", backend="native").edges)
 
 
 def test_single_point_gives_empty_result():

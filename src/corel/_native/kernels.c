@@ -10,9 +10,10 @@
  * the total work is n^2 d / 2, half of a full distance matrix.  Large steps are split into blocks
  * shared by OpenMP threads.
  *
- * Ties are broken by the smallest vertex index, the rule of the torch fallback (argmin returns the
- * first minimum), so CPU and CUDA agree pair for pair.  Only the edges are returned; torch
- * recomputes their lengths so that autograd sees them.
+ * Edges are ordered by (length, smaller vertex index, larger vertex index), a strict total order,
+ * so the tree is unique; it is returned in that order.  corel's torch engine uses the same order,
+ * so every engine returns the same tree.  Only the edges are returned; torch recomputes their
+ * lengths so that autograd sees them.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -32,11 +33,27 @@ enum { METRIC_L1 = 0, METRIC_L2 = 1, METRIC_LINF = 2, METRIC_P = 3, METRIC_MATRI
 /* Below this many distance terms per step, threads cost more than they save. */
 #define PARALLEL_WORK 200000
 
+/* An edge's place among edges of equal length: (smaller index, larger index), packed. */
+static inline uint64_t edge_code(int32_t a, int32_t b) {
+    return a < b ? ((uint64_t)(uint32_t)a << 32 | (uint32_t)b) : ((uint64_t)(uint32_t)b << 32 | (uint32_t)a);
+}
+
+/* A tree edge: the bits of its length (I of the float type) and its edge_code. */
+typedef struct {
+    int32_t w;
+    uint64_t code;
+} edge_f32;
+typedef struct {
+    int64_t w;
+    uint64_t code;
+} edge_f64;
+
 /* Each type is compiled twice: for AVX2+FMA, chosen at import when the CPU has them, and for the
  * baseline instruction set.  Vector types must be declared under the target that uses them, or
  * GCC keeps them in memory. */
 #define T float
 #define I int32_t
+#define EDGE edge_f32
 #define INF_BITS ((int32_t)0x7f800000)
 #define SIGN_BIT ((int32_t)0x80000000)
 #define FABS fabsf
@@ -56,6 +73,7 @@ enum { METRIC_L1 = 0, METRIC_L2 = 1, METRIC_LINF = 2, METRIC_P = 3, METRIC_MATRI
 #endif
 #undef T
 #undef I
+#undef EDGE
 #undef INF_BITS
 #undef SIGN_BIT
 #undef FABS
@@ -65,6 +83,7 @@ enum { METRIC_L1 = 0, METRIC_L2 = 1, METRIC_LINF = 2, METRIC_P = 3, METRIC_MATRI
 
 #define T double
 #define I int64_t
+#define EDGE edge_f64
 #define INF_BITS ((int64_t)0x7ff0000000000000LL)
 #define SIGN_BIT ((int64_t)0x8000000000000000ULL)
 #define FABS fabs
@@ -90,9 +109,9 @@ typedef void (*count_f64_fn)(const double *, const double *, int64_t, int64_t, i
 static count_f32_fn count_float = count_within_f32;
 static count_f64_fn count_double = count_within_f64;
 typedef void (*prim_f32_fn)(const float *, int64_t, int64_t, int, float, int64_t *, float *, int64_t, int32_t *,
-                            int32_t *, int32_t *, int32_t *, int64_t *);
+                            int32_t *, int32_t *, int64_t *, edge_f32 *);
 typedef void (*prim_f64_fn)(const double *, int64_t, int64_t, int, double, int64_t *, double *, int64_t, int64_t *,
-                            int32_t *, int32_t *, int32_t *, int64_t *);
+                            int32_t *, int32_t *, int64_t *, edge_f64 *);
 static prim_f32_fn prim_float = prim_f32;
 static prim_f64_fn prim_double = prim_f64;
 
@@ -114,15 +133,18 @@ static PyObject *mst_edges(PyObject *self, PyObject *args) {
     }
     const int64_t cap = (n + CHUNK - 1) / CHUNK * CHUNK, nblocks = (n + BLOCK - 1) / BLOCK;
     const size_t cols_size = metric == METRIC_MATRIX ? 0 : (size_t)(d * cap) * item;
-    int64_t *best = malloc((size_t)nblocks * sizeof(int64_t) + (size_t)n * item + cols_size +
-                           (size_t)(3 * n) * sizeof(int32_t));
-    if (!best) {
+    const size_t tree_size = (size_t)n * (is_double ? sizeof(edge_f64) : sizeof(edge_f32));
+    /* tree first: its structs need 8-byte alignment, which malloc gives */
+    char *tree = malloc(tree_size + (size_t)nblocks * sizeof(int64_t) + (size_t)n * item + cols_size +
+                        (size_t)(2 * n) * sizeof(int32_t));
+    if (!tree) {
         PyBuffer_Release(&xbuf);
         PyBuffer_Release(&ebuf);
         return PyErr_NoMemory();
     }
+    int64_t *best = (int64_t *)(tree + tree_size);
     char *key = (char *)(best + nblocks), *cols = key + (size_t)n * item;
-    int32_t *rem = (int32_t *)(cols + cols_size), *par = rem + n, *pos = par + n;
+    int32_t *rem = (int32_t *)(cols + cols_size), *par = rem + n;
     int finite = 1;
     Py_BEGIN_ALLOW_THREADS
     finite = is_double ? all_finite_f64(xbuf.buf, batch * n * row) : all_finite_f32(xbuf.buf, batch * n * row);
@@ -130,13 +152,13 @@ static PyObject *mst_edges(PyObject *self, PyObject *args) {
         int64_t *edges = (int64_t *)ebuf.buf + b * (n - 1) * 2;
         if (is_double)
             prim_double((const double *)xbuf.buf + b * n * row, n, d, metric, p, edges, (double *)cols, cap,
-                        (int64_t *)key, rem, par, pos, best);
+                        (int64_t *)key, rem, par, best, (edge_f64 *)tree);
         else
             prim_float((const float *)xbuf.buf + b * n * row, n, d, metric, (float)p, edges, (float *)cols, cap,
-                       (int32_t *)key, rem, par, pos, best);
+                       (int32_t *)key, rem, par, best, (edge_f32 *)tree);
     }
     Py_END_ALLOW_THREADS
-    free(best);
+    free(tree);
     PyBuffer_Release(&xbuf);
     PyBuffer_Release(&ebuf);
     return PyBool_FromLong(finite);

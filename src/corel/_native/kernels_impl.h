@@ -1,6 +1,7 @@
-/* Kernels for one floating type and one instruction set; included by _native.c once per
+/* Kernels for one floating type and one instruction set; included by kernels.c once per
  * combination with T (float type), I (signed integer of T's width), INF_BITS (bits of +inf),
- * SIGN_BIT, VEC_BYTES (native vector width), SUF, FABS and POW defined. */
+ * SIGN_BIT, EDGE (a tree edge: its length's bits and edge_code), VEC_BYTES (native vector
+ * width), SUF, FABS and POW defined. */
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
 #define NAME(f) CAT(f, SUF)
@@ -51,12 +52,13 @@ static void NAME(block_dist)(const T *xu, const T *cols, int64_t lo, int64_t hi,
 #undef LANES
 #undef WIDTH
 
-/* Relaxes the keys of positions [lo, hi) from the new tree vertex u; returns the best position.
- * Keys are non-negative floats held as their bit patterns: integer order equals float order, and
- * integer min/compare vectorise without fast-math.  Ties go to the smallest vertex index. */
+/* Relaxes the keys of positions [lo, hi) from the new tree vertex u; returns the position of the
+ * best outside vertex.  Keys are non-negative floats held as their bit patterns: integer order
+ * equals float order, and integer min/compare vectorise without fast-math.  Edges of equal length
+ * are ordered by (smaller, larger) vertex index, which makes the tree unique: for one outside
+ * vertex that is the order of its tree neighbours' indices, so a tie goes to the smaller u. */
 static int64_t NAME(relax)(const T *x, int64_t n, int64_t d, int metric, T p, const T *cols,
-                                         int64_t u, int64_t lo, int64_t hi, I *key,
-                                         const int32_t *rem, int32_t *par, const int32_t *pos) {
+                           int64_t u, int64_t lo, int64_t hi, I *key, const int32_t *rem, int32_t *par) {
     union { T f[BLOCK]; I i[BLOCK]; } dist;
     if (metric == METRIC_MATRIX) {
         for (int64_t k = lo; k < hi; ++k) dist.f[k - lo] = x[u * n + rem[k]];
@@ -66,17 +68,27 @@ static int64_t NAME(relax)(const T *x, int64_t n, int64_t d, int metric, T p, co
     I mn = INF_BITS;
     for (int64_t k = lo; k < hi; ++k) {
         const I dk = dist.i[k - lo], kk = key[k];
-        const I closer = dk < kk;
+        const int closer = (dk < kk) | ((dk == kk) & ((int32_t)u < par[k]));
         key[k] = closer ? dk : kk;
         par[k] = closer ? (int32_t)u : par[k];
         mn = key[k] < mn ? key[k] : mn;
     }
-    uint32_t best = UINT32_MAX; /* smallest vertex with the minimal key, in branch-free form */
+    int64_t bk = lo;
+    uint64_t best = UINT64_MAX;
     for (int64_t k = lo; k < hi; ++k) {
-        const uint32_t c = (uint32_t)rem[k] | (uint32_t)-(int32_t)(key[k] != mn);
-        best = c < best ? c : best;
+        const uint64_t c = key[k] == mn ? edge_code(par[k], rem[k]) : UINT64_MAX;
+        if (c < best) {
+            best = c;
+            bk = k;
+        }
     }
-    return pos[best];
+    return bk;
+}
+
+static int NAME(edge_cmp)(const void *pa, const void *pb) {
+    const EDGE *a = pa, *b = pb;
+    if (a->w != b->w) return a->w < b->w ? -1 : 1;
+    return (a->code > b->code) - (a->code < b->code);
 }
 
 /* 1 when all count values are finite (x - x is 0 for finite x, NaN for NaN and inf). */
@@ -86,14 +98,14 @@ static int NAME(all_finite)(const T *x, int64_t count) {
     return ok;
 }
 
-/* MST edges of one cloud, in the order Prim adds them, as pairs (i < j), into edges (n-1, 2).
+/* The minimum spanning tree of one cloud under the order (length, smaller index, larger index),
+ * which makes it unique, as pairs (i < j) into edges (n-1, 2) in that order.
  * x: (n, d) points, or (n, n) distances when metric == METRIC_MATRIX. */
 static void NAME(prim)(const T *x, int64_t n, int64_t d, int metric, T p, int64_t *edges, T *cols, int64_t cap,
-                       I *key, int32_t *rem, int32_t *par, int32_t *pos, int64_t *best) {
+                       I *key, int32_t *rem, int32_t *par, int64_t *best, EDGE *tree) {
     int64_t m = n - 1, u = 0;
     for (int64_t k = 0; k < m; ++k) {
         rem[k] = (int32_t)(k + 1);
-        pos[k + 1] = (int32_t)k;
         key[k] = INF_BITS;
         par[k] = 0;
     }
@@ -107,29 +119,34 @@ static void NAME(prim)(const T *x, int64_t n, int64_t d, int metric, T p, int64_
         int64_t bk;
         if (nblocks == 1) {
             /* a parallel region costs about a microsecond even on one thread: skip it */
-            bk = NAME(relax)(x, n, d, metric, p, cols, u, 0, m, key, rem, par, pos);
+            bk = NAME(relax)(x, n, d, metric, p, cols, u, 0, m, key, rem, par);
         } else {
 #pragma omp parallel for schedule(static) if (m * d >= PARALLEL_WORK)
             for (int64_t b = 0; b < nblocks; ++b) {
                 const int64_t lo = b * BLOCK, hi = lo + BLOCK < m ? lo + BLOCK : m;
-                best[b] = NAME(relax)(x, n, d, metric, p, cols, u, lo, hi, key, rem, par, pos);
+                best[b] = NAME(relax)(x, n, d, metric, p, cols, u, lo, hi, key, rem, par);
             }
             bk = best[0];
             for (int64_t b = 1; b < nblocks; ++b) {
                 const int64_t k = best[b];
-                if (key[k] < key[bk] || (key[k] == key[bk] && rem[k] < rem[bk])) bk = k;
+                if (key[k] < key[bk] || (key[k] == key[bk] && edge_code(par[k], rem[k]) < edge_code(par[bk], rem[bk])))
+                    bk = k;
             }
         }
         u = rem[bk];
-        edges[2 * step] = par[bk] < u ? par[bk] : u;
-        edges[2 * step + 1] = par[bk] < u ? u : par[bk];
+        tree[step].w = key[bk];
+        tree[step].code = edge_code(par[bk], (int32_t)u);
         --m; /* swap-remove position bk: the remaining points stay contiguous */
         rem[bk] = rem[m];
-        pos[rem[bk]] = (int32_t)bk;
         key[bk] = key[m];
         par[bk] = par[m];
         if (metric != METRIC_MATRIX)
             for (int64_t i = 0; i < d; ++i) cols[TILE(bk, i, d)] = cols[TILE(m, i, d)];
+    }
+    qsort(tree, (size_t)(n - 1), sizeof(EDGE), NAME(edge_cmp));
+    for (int64_t k = 0; k < n - 1; ++k) {
+        edges[2 * k] = (int64_t)(tree[k].code >> 32);
+        edges[2 * k + 1] = (int64_t)(tree[k].code & 0xffffffffu);
     }
 }
 
