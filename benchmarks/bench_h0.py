@@ -9,7 +9,6 @@ it).  Prints the median wall time of each and the ratios corel / cdist and peer 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 import warnings
 
@@ -19,20 +18,11 @@ from scipy.sparse.csgraph import minimum_spanning_tree
 from scipy.spatial.distance import cdist
 
 from corel import ConnectivityLoss, h0_persistence
+from timing import timed
 
 SCIPY_METRIC = {"l1": "cityblock", "l2": "euclidean"}
 # peers whose cost explodes are skipped beyond these sizes (their n=1000 time already shows the gap)
 PEER_MAX_N = {"gudhi": 1000, "scipy-mst": 5000, "ripser": 5000, "giotto-ph": 5000}
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up: lazy imports, allocator, thread pools
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def peers(x: np.ndarray, metric: str) -> dict:
@@ -78,13 +68,13 @@ def main() -> None:
             x = torch.randn(n, d, generator=gen)
             for metric in ("l1", "l2"):
                 p = 1.0 if metric == "l1" else 2.0
-                t_corel = median_time(lambda: h0_persistence(x, metric), args.repeats)
-                t_cdist = median_time(lambda: torch.cdist(x, x, p=p), args.repeats)
+                t_corel, _ = timed(lambda: h0_persistence(x, metric), args.repeats)
+                t_cdist, _ = timed(lambda: torch.cdist(x, x, p=p), args.repeats)
                 cells = []
                 for name, fn in peers(x.double().numpy(), metric).items():
                     if n > PEER_MAX_N[name]:
                         continue
-                    t = median_time(fn, 1 if n >= 5000 else args.repeats)
+                    t, _ = timed(fn, 1 if n >= 5000 else args.repeats)
                     cells.append(f"{name} {t * 1e3:.1f} ({t / t_corel:.0f}x)")
                 print(f"{n:>6} {d:>4} {metric:>6} {t_corel * 1e3:>9.2f} {t_cdist * 1e3:>9.2f} "
                       f"{t_corel / t_cdist:>11.2f}  " + ", ".join(cells), flush=True)
@@ -96,8 +86,8 @@ def main() -> None:
         z.grad = None
         loss(z).backward()
 
-    t_fb = median_time(forward_backward, 200)
-    t_f = median_time(lambda: loss(z.detach()), 200)
+    t_fb, _ = timed(forward_backward, 200)
+    t_f, _ = timed(lambda: loss(z.detach()), 200)
     print(f"connectivity loss, 16 branches x 100 codes x 10 dims: forward {t_f * 1e3:.3f} ms, "
           f"forward+backward {t_fb * 1e3:.3f} ms")
     if args.large:

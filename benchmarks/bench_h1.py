@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
-import time
 import warnings
 
 import gudhi
@@ -29,15 +27,7 @@ import torch
 from gph import ripser_parallel
 
 from corel import rips_persistence
-
-
-def _median_time(fn, repeats: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+from timing import timed
 
 
 def _corel(x: np.ndarray) -> int:
@@ -82,7 +72,7 @@ def main() -> None:
             _corel(x)  # warm-up: imports, first-call allocations
             timings, counts = {}, {}
             for name, fn in [("corel", _corel), ("giotto", _giotto), ("ripser", _ripser), ("gudhi", _gudhi)]:
-                timings[name], counts[name] = _median_time(lambda: fn(x), repeats)
+                timings[name], counts[name] = timed(lambda: fn(x), repeats, warmup=0)
             agree = len(set(counts.values())) == 1
             print(f"{n:5d} {d:4d} {counts['corel']:5d} {timings['corel']:8.3f} {timings['giotto']:8.3f} "
                   f"{timings['ripser']:8.3f} {timings['gudhi']:8.3f} "

@@ -7,9 +7,10 @@ that fixed number of times with no host synchronisation, on every cloud of the b
 smaller index, larger index), a strict total order: the tree is unique and the same as the
 compiled Prim's (``corel._native``).
 
-Distances come from one (B, n, n) matrix while it fits :data:`FULL_MATRIX_ELEMENTS`; beyond,
-each round recomputes them in row tiles of at most :data:`TILE_ELEMENTS` entries, so memory stays
-O(n x tile) and 100,000 points fit.  For float32 with n <= 65,536 an edge's length bits and its
+Distances come from one (B, n, n) matrix while it fits (:func:`whole_matrix_fits`: on a GPU half of
+its free memory, elsewhere :data:`FULL_MATRIX_ELEMENTS` entries); beyond, each round recomputes
+them in row tiles of at most :data:`TILE_ELEMENTS` entries, so memory stays O(n x tile) and
+100,000 points fit.  For float32 with n <= 65,536 an edge's length bits and its
 index pair are packed into one int64, so one reduction orders by both; otherwise the two are
 reduced one after the other.
 """
@@ -21,9 +22,12 @@ import math
 import torch
 from torch import Tensor
 
-# One (B, n, n) distance matrix (and its packed keys) up to this many entries; then row tiles.
+# Off the GPU, one (B, n, n) distance matrix (and its packed keys) up to this many entries; then
+# row tiles of at most TILE_ELEMENTS entries.
 FULL_MATRIX_ELEMENTS = 1 << 24
 TILE_ELEMENTS = 1 << 24
+# Peak bytes per matrix entry of a round: distances (4) then int64 keys, their masked copy and the mask.
+_BYTES_PER_ENTRY = 21
 
 _MAX = torch.iinfo(torch.int64).max
 _LOW32 = 0xFFFFFFFF
@@ -108,6 +112,15 @@ class _Pairs:
         return eid.gather(1, w.argsort(dim=1, stable=True))
 
 
+def whole_matrix_fits(b: int, n: int, device: torch.device) -> bool:
+    """Whether the rounds may keep one (b, n, n) matrix: on a GPU while it takes at most half of
+    the free memory (so n = 50,000 fits on an 80 GB card), elsewhere up to FULL_MATRIX_ELEMENTS."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return b * n * n * _BYTES_PER_ENTRY <= free // 2
+    return b * n * n <= FULL_MATRIX_ELEMENTS
+
+
 def _pair_ids(rows: Tensor, cols: Tensor, n: int) -> Tensor:
     """Edge ids min * n + max of the vertex pairs (rows[i], cols[j]) -> (len(rows), len(cols))."""
     r, c = rows[:, None], cols[None, :]
@@ -123,11 +136,12 @@ def minimum_spanning_tree(data: Tensor, p: float | None) -> Tensor:
     idx = torch.arange(n, device=device)
     packed = data.dtype == torch.float32 and n <= 1 << 16
     keys_of = _Packed(n) if packed else _Pairs(n)
-    whole = p is None or b * n * n <= FULL_MATRIX_ELEMENTS
+    whole = p is None or whole_matrix_fits(b, n, device)
     if whole:
         dist = data if p is None else torch.cdist(data, data, p=p, compute_mode="donot_use_mm_for_euclid_dist")
         if packed:  # one int64 matrix: every round is then a masked minimum over it
             matrix = keys_of.matrix(dist, _pair_ids(idx, idx, n))
+            dist = None  # only the keys are read from here on
     tile = max(1, TILE_ELEMENTS // max(1, b * n))
 
     def nearest_outside(comp: Tensor):

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from corel.topology.diagram import persistence_pairs
 from corel.topology.distances import Metric, check_scale, metric_order
-from corel.topology.h0 import h0_persistence
+from corel.topology.h0 import BACKENDS, h0_persistence
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -23,12 +23,15 @@ class ConnectivityLoss(nn.Module):
     (units of ``metric``).  ``reduction``: "mean" over branches (the authors' code), "sum" (the
     paper's figure) or "none" (one value per branch).  All branches go through one batched H0 call.
 
+    ``backend`` chooses the H0 engine (:func:`~corel.topology.h0.h0_persistence`).
+
     Zero-length bars are kept: codes that coincide within a branch each add a death time of 0,
     so the value is ``eta`` higher per duplicate code and branch than with the authors' torchph
     (which drops them); the gradients are the same.
     """
 
-    def __init__(self, eta: float = 2.0, metric: Metric = "l1", branches: int = 1, reduction: str = "mean"):
+    def __init__(self, eta: float = 2.0, metric: Metric = "l1", branches: int = 1, reduction: str = "mean",
+                 backend: str = "auto"):
         super().__init__()
         eta = check_scale(eta, "eta")
         if isinstance(branches, bool) or not (isinstance(branches, int) and branches >= 1):
@@ -36,7 +39,10 @@ class ConnectivityLoss(nn.Module):
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
         metric_order(metric)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.eta = eta
+        self.backend = backend
         self.metric = metric
         self.branches = branches
         self.reduction = reduction
@@ -51,7 +57,7 @@ class ConnectivityLoss(nn.Module):
         if dim % self.branches:
             raise ValueError(f"code dimension {dim} is not divisible into {self.branches} branches")
         clouds = z.reshape(b, self.branches, dim // self.branches).transpose(0, 1)
-        return h0_persistence(clouds, self.metric).deaths
+        return h0_persistence(clouds, self.metric, backend=self.backend).deaths
 
     def from_death_times(self, deaths: Tensor) -> Tensor:
         """The loss from death times (branches, b-1), e.g. those of :meth:`death_times`."""
@@ -66,7 +72,8 @@ class ConnectivityLoss(nn.Module):
         return self.from_death_times(self.death_times(z))
 
     def extra_repr(self) -> str:
-        return f"eta={self.eta}, metric={self.metric!r}, branches={self.branches}, reduction={self.reduction!r}"
+        return (f"eta={self.eta}, metric={self.metric!r}, branches={self.branches}, reduction={self.reduction!r}, "
+                f"backend={self.backend!r}")
 
 
 def _finite_pairs(result: Any, dimension: int) -> Tensor:

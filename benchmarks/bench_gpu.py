@@ -1,0 +1,220 @@
+"""GPU benchmark of corel's persistence and training, next to torchph and torch.cdist, in one call.
+
+    python benchmarks/bench_gpu.py [--budget 270] [--no-torchph] [--out results.json]
+
+One line per case, milliseconds, median of repeats, forward + backward:
+  corel-gpu    corel on the GPU, backend "auto" (Borůvka in torch operations)
+  corel-host   corel on the GPU with the tree chosen by the compiled kernel on the host ("native")
+  corel-cpu    corel on the CPU of the same machine (forward only, as in the issue's table)
+  torchph      the paper's CUDA library, when importable (the checkout's .anchors/torchph, built on
+               first use: copy ../shared/anchors/torchph there and carry it)
+  cdist        torch.cdist alone on the GPU, the floor of any engine
+and whether the GPU's tree equals the CPU's (deaths and edges).  Then the autoencoder's training
+step at lambda = 20 and 0, and one epoch of CIFAR-10-sized random images through
+``corel train --accelerator gpu``.  Cases predicted to overrun --budget seconds are skipped, and
+said so.  Without CUDA only the CPU columns run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench_training import loss_time, step_time
+from corel import h0_persistence
+from corel.topology.boruvka import rounds, whole_matrix_fits
+from timing import timed
+
+ROOT = Path(__file__).resolve().parents[1]
+LOSS_CASES = [(16, 100, 10), (16, 150, 10)]
+CLOUD_CASES = [(1000, "l1"), (2000, "l1"), (5000, "l1"), (20000, "l1"), (20000, "l2"), (50000, "l1"),
+               (50000, "l2"), (100000, "l1"), (100000, "l2")]
+CPU_MAX_POINTS = 20000
+D = 160
+
+
+def _torchph():
+    """torchph's pershom module, or None (it needs CUDA and builds its extension on first import)."""
+    if not torch.cuda.is_available():
+        return None
+    sys.path.insert(0, str(ROOT / ".anchors"))
+    try:
+        from torchph import pershom
+    except Exception as e:  # noqa: BLE001 - a failed JIT build is reported, not fatal
+        print(f"torchph unavailable: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        return None
+    return pershom
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.2f}"
+
+
+def _backward(fn):
+    """fn(x) -> scalar loss; returns a closure that runs forward and backward on a fresh leaf."""
+    def run(x: torch.Tensor):
+        leaf = x.detach().requires_grad_()
+        fn(leaf).backward()
+    return run
+
+
+def _oom_safe(fn, *args):
+    try:
+        return fn(*args)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return "out of memory"
+
+
+def loss_cases(pershom, cuda: bool, results: list) -> None:
+    print(f"\n{'ConnectivityLoss fwd+bwd':<28} {'corel-gpu':>10} {'corel-host':>10} {'corel-cpu':>10} {'torchph':>10}"
+          f" {'torchph/corel':>13}")
+    for b, n, d in LOSS_CASES:
+        row = {"case": f"loss {b}x{n}x{d}", "corel_cpu": loss_time(200, "cpu")}
+        if cuda:
+            row["corel_gpu"] = loss_time(200, "cuda")
+            row["corel_host"] = loss_time(200, "cuda", backend="native")
+        if pershom is not None:
+            z = torch.randn(n, b * d, device="cuda")
+
+            def authors(z: torch.Tensor) -> torch.Tensor:  # one call per branch, as the authors' code does
+                total = z.new_zeros(())
+                for k in range(b):
+                    deaths = pershom.vr_persistence_l1(z[:, k * d:(k + 1) * d].contiguous(), 0, 0)[0][0][:, 1]
+                    total = total + (deaths - 2.0).abs().sum()
+                return total
+
+            row["torchph"] = timed(lambda: _backward(authors)(z), 20, warmup=2, cuda=True)[0]
+        best = min(t for t in (row.get("corel_gpu"), row.get("corel_host")) if t is not None) if cuda else None
+        ratio = f"{row['torchph'] / best:.0f}x" if "torchph" in row and best else "-"
+        print(f"{row['case']:<28} {_ms(row.get('corel_gpu')):>10} {_ms(row.get('corel_host')):>10} "
+              f"{_ms(row['corel_cpu']):>10} {_ms(row.get('torchph')):>10} {ratio:>13}", flush=True)
+        results.append(row)
+
+
+def _predicted(n: int, metric: str, measured: dict, device: torch.device) -> float | None:
+    """Seconds a cloud case should take, from the largest smaller case of the same metric."""
+    smaller = [(m, t) for (m, met), t in measured.items() if met == metric and m < n]
+    if not smaller:
+        return None
+    m, t = max(smaller)
+    factor = (n / m) ** 2
+    if not whole_matrix_fits(1, n, device):
+        factor *= rounds(n)  # row tiles: the distances are recomputed every round
+    return t * factor
+
+
+def cloud_cases(pershom, cuda: bool, budget: float, start: float, results: list) -> None:
+    print(f"\n{'one cloud, d=160, fwd+bwd':<28} {'corel-gpu':>10} {'cdist':>10} {'corel/cdist':>11} {'corel-cpu':>10}"
+          f" {'torchph':>12} {'same tree':>9}")
+    measured: dict[tuple[int, str], float] = {}
+    gen = torch.Generator().manual_seed(0)
+    for n, metric in CLOUD_CASES:
+        x = torch.randn(n, D, generator=gen)
+        row: dict = {"case": f"n={n} {metric}"}
+        device = torch.device("cuda" if cuda else "cpu")
+        guess = _predicted(n, metric, measured, device)
+        if guess is not None and time.perf_counter() - start + 3 * guess > budget:
+            print(f"{row['case']:<28} skipped: predicted {guess:.0f} s per run, over the budget", flush=True)
+            row["skipped_predicted_s"] = guess
+            results.append(row)
+            continue
+        p = 1.0 if metric == "l1" else 2.0
+        repeats = 5 if n <= 5000 else 1
+        cpu = None
+        if n <= CPU_MAX_POINTS:
+            row["corel_cpu"], cpu = timed(lambda: h0_persistence(x, metric), repeats if n <= 5000 else 1)
+        if cuda:
+            xg = x.cuda()
+            out = _oom_safe(lambda: timed(lambda: _backward(lambda v: h0_persistence(v, metric).deaths.sum())(xg),
+                                          repeats, cuda=True))
+            if isinstance(out, str):
+                row["corel_gpu"] = out
+            else:
+                row["corel_gpu"] = out[0]
+                measured[(n, metric)] = out[0]
+                if cpu is not None:
+                    gpu = h0_persistence(xg, metric)
+                    row["same_tree"] = bool(torch.equal(gpu.edges.cpu(), cpu.edges) and torch.equal(gpu.deaths.cpu(), cpu.deaths))
+                    row["max_death_difference"] = float((gpu.deaths.cpu() - cpu.deaths).abs().max())
+            if n <= 50000:
+                cd = _oom_safe(lambda: timed(lambda: torch.cdist(xg, xg, p=p), repeats, cuda=True)[0])
+                row["cdist"] = cd
+            if pershom is not None and metric == "l1" and n <= 5000:
+                res = _oom_safe(lambda: timed(lambda: _backward(lambda v: pershom.vr_persistence_l1(v, 0, 0)[0][0][:, 1].sum())(xg),
+                                              repeats, cuda=True)[0])
+                row["torchph"] = res
+            del xg
+            torch.cuda.empty_cache()
+        ratio = f"{row['corel_gpu'] / row['cdist']:.2f}" if isinstance(row.get("corel_gpu"), float) and \
+            isinstance(row.get("cdist"), float) else "-"
+        fmt = {k: (_ms(v) if isinstance(v, float) or v is None else v) for k, v in row.items()}
+        print(f"{row['case']:<28} {fmt.get('corel_gpu', '-'):>10} {fmt.get('cdist', '-'):>10} {ratio:>11} "
+              f"{fmt.get('corel_cpu', '-'):>10} {fmt.get('torchph', '-'):>12} {str(row.get('same_tree', '-')):>9}",
+              flush=True)
+        results.append(row)
+
+
+def training_cases(results: list, images: int) -> None:
+    t20, t0 = step_time(20.0, True, 50, "cuda"), step_time(0.0, True, 50, "cuda")
+    share = (t20 - t0) / t20
+    print(f"\nautoencoder step, batch 100: lambda=20 {t20 * 1e3:.2f} ms, lambda=0 {t0 * 1e3:.2f} ms: persistence is "
+          f"{100 * share:.0f}% of the step", flush=True)
+    results.append({"case": "training step", "lambda20": t20, "lambda0": t0, "persistence_share": share})
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(0)
+        np.savez(Path(tmp) / "data.npz", x_train=rng.integers(0, 256, (images, 3, 32, 32), dtype=np.uint8),
+                 y_train=np.zeros(images, np.int64), x_test=np.zeros((10, 3, 32, 32), np.uint8),
+                 y_test=np.zeros(10, np.int64))
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "corel.experiments.cli", "train", "--data", "npz", "--data-dir",
+                               tmp, "--epochs", "2", "--accelerator", "gpu", "--devices", "1", "--out",
+                               str(Path(tmp) / "run"), "--quiet"], capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            print(f"corel train --accelerator gpu failed:\n{done.stderr[-2000:]}")
+            results.append({"case": "corel train epoch", "error": done.stderr[-2000:]})
+            return
+        rows = (Path(tmp) / "run" / "logs" / "version_0" / "metrics.csv").read_text().splitlines()
+        header = rows[0].split(",")
+        epochs = [float(r.split(",")[header.index("epoch_seconds")]) for r in rows[1:]]
+    print(f"corel train --accelerator gpu, {images} images of 3x32x32, lambda 20: epoch 1 {epochs[0]:.1f} s, "
+          f"epoch 2 {epochs[1]:.1f} s (whole command {wall:.0f} s); 50 epochs ~ {50 * epochs[1] / 60:.1f} min", flush=True)
+    results.append({"case": "corel train epoch", "epoch_seconds": epochs, "command_seconds": wall})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", type=float, default=270.0, help="seconds for the whole script")
+    parser.add_argument("--no-torchph", action="store_true")
+    parser.add_argument("--epoch-images", type=int, default=50000)
+    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    cuda = torch.cuda.is_available()
+    device = torch.cuda.get_device_name() if cuda else "no CUDA device (CPU columns only)"
+    print(f"{device}; torch {torch.__version__}; {os.cpu_count()} CPU cores, {torch.get_num_threads()} threads")
+    pershom = None if args.no_torchph else _torchph()
+    results: list = []
+    loss_cases(pershom, cuda, results)
+    cloud_cases(pershom, cuda, args.budget - (60 if cuda else 0), start, results)
+    if cuda:
+        training_cases(results, args.epoch_images)
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"device": device, "torch": torch.__version__, "results": results}, indent=2,
+                                       default=str))
+
+
+if __name__ == "__main__":
+    main()
