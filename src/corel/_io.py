@@ -8,14 +8,16 @@ old file or the new one, never half of one.  Every file corel reads with torch g
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pickle
 import secrets
+import socket
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 import torch
@@ -147,3 +149,46 @@ def load_checked(path: str | os.PathLike, *, format: str, version: int, what: st
     if actual != blob.get("checksum"):
         raise ValueError(f"{path}: the {what} is damaged: its content does not match its checksum")
     return payload
+
+
+def _lock_is_stale(path: Path) -> bool:
+    """A lock left by a process of this host that no longer runs (killed before it could remove it)."""
+    try:
+        host, pid = path.read_text().split()
+        if host != socket.gethostname():
+            return False
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):  # unreadable, half-written or not ours to signal: treat as held
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def claim(path: str | os.PathLike) -> Iterator[bool]:
+    """Claims a unit of work shared by several processes through the lock file ``path``.
+
+    Yields True when this process holds the lock (it is removed on exit), False when another
+    live process of this host (or any process of another host) holds it.  A lock whose process on
+    this host is gone is taken over.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            if not _lock_is_stale(path):
+                yield False
+                return
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{socket.gethostname()} {os.getpid()}")
+        try:
+            yield True
+        finally:
+            path.unlink(missing_ok=True)
+        return
+    yield False

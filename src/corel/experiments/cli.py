@@ -46,6 +46,28 @@ def _int_at_least(minimum: int):
     return parse
 
 
+def _float_list(minimum: float, inclusive: bool):
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            values = tuple(_float(v) for v in text.split(","))
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers, got {text!r}") from None
+        if any(v < minimum or (v == minimum and not inclusive) for v in values):
+            raise argparse.ArgumentTypeError(f"expected numbers {'>=' if inclusive else '>'} {minimum:g}, got {text!r}")
+        return values
+
+    return parse
+
+
+def _layouts(text: str):
+    from corel.experiments.ablation import Layout
+
+    try:
+        return tuple(Layout.parse(v) for v in text.split(","))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _metric(text: str):
     from corel.topology.distances import metric_name
 
@@ -94,18 +116,26 @@ def _add_data_args(p: argparse.ArgumentParser, default: str | None = None) -> No
     p.add_argument("--no-download", dest="download", action="store_false", help="never try to download")
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
+def _add_train_args(p: argparse.ArgumentParser, grid: bool = False) -> None:
+    """Training flags; ``grid``: lambda and the branch layout are lists (corel ablate)."""
     g = p.add_argument_group("training (defaults: the authors' setup)")
     g.add_argument("--epochs", type=_int_at_least(1), default=50)
     g.add_argument("--batch-size", type=_int_at_least(2), default=100)
     g.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate")
     g.add_argument("--eta", type=_positive_float, default=2.0, help="connectivity scale (latent l1 units)")
-    g.add_argument("--lam", type=_non_negative_float, default=20.0, help="weight of the connectivity loss")
+    if grid:
+        g.add_argument("--lam", type=_float_list(0.0, True), default=(0.0, 1.0, 10.0, 20.0, 40.0),
+                       help="weights of the connectivity loss, e.g. 0,1,10,20,40")
+        g.add_argument("--layout", type=_layouts, default=None,
+                       help="branch layouts <branches>x<dims>, e.g. 16x10,1x160,32x10 (default 16x10)")
+    else:
+        g.add_argument("--lam", type=_non_negative_float, default=20.0, help="weight of the connectivity loss")
     g.add_argument("--metric", type=_metric, default="l1", help="latent metric: l1, l2, linf or a number p >= 1")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--arch", choices=("conv", "mlp"), default=None, help="default: conv for 32x32 images, else mlp")
-    g.add_argument("--branches", type=_int_at_least(1), default=16)
-    g.add_argument("--branch-dim", type=_int_at_least(1), default=10)
+    if not grid:
+        g.add_argument("--branches", type=_int_at_least(1), default=16)
+        g.add_argument("--branch-dim", type=_int_at_least(1), default=10)
     g.add_argument("--filters", type=_int_list(1), default=None, help="conv channels / MLP widths, e.g. 32,64,128")
     g.add_argument("--init", choices=("layer", "block"), default="layer",
                    help="latent maps start with the whole layer's fan-in (the authors') or one block's")
@@ -115,11 +145,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-nodes", type=_int_at_least(1), default=1)
 
 
-def _train_config(args: argparse.Namespace):
+def _train_config(args: argparse.Namespace, lam: float | None = None):
     from corel.experiments.training import TrainConfig
 
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, eta=args.eta, lam=args.lam,
-                       metric=args.metric, seed=args.seed)
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, eta=args.eta,
+                       lam=args.lam if lam is None else lam, metric=args.metric, seed=args.seed)
 
 
 def _trainer_kwargs(args: argparse.Namespace) -> dict:
@@ -201,6 +231,21 @@ def _compare(args: argparse.Namespace) -> int:
             small=args.small, classes=args.classes, test_size=args.test_size, device=args.device,
             compute=not args.report_only, progress=not args.quiet)
     print((args.out / f"compare_{data.name}_n{args.n}.md").read_text())
+    return 0
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    from corel.experiments.ablation import Layout, ablate
+    from corel.experiments.datasets import load_dataset
+    from corel.experiments.workflows import default_model_config
+
+    data = load_dataset(args.data, args.data_dir, download=args.download)
+    report = ablate(data, args.out, args.layout or (Layout(16, 10),), args.lam,
+                    model_config=default_model_config(data, 16, 10, args.filters, args.arch, args.init),
+                    config=_train_config(args, lam=0.0), radii=args.radius, ns=args.n, draws=args.draws,
+                    seed=args.seed, progress=not args.quiet, **_trainer_kwargs(args))
+    print(report.read_text())
+    print(f"tables and charts in {args.out}")
     return 0
 
 
@@ -287,6 +332,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "method finished)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_compare)
+
+    p = sub.add_parser("ablate", help="the paper's ablations: lambda x branch layout, radius and sample-count sweeps")
+    _add_data_args(p)
+    _add_train_args(p, grid=True)
+    p.add_argument("--radius", type=_float_list(0.0, False), default=(),
+                   help="also evaluate every backbone at n = 120 with these ball radii, e.g. 0.5,1,1.5,2,3,5")
+    p.add_argument("-n", type=_int_list(1), default=(120,),
+                   help="evaluate every backbone with radius = eta at these samples per class, e.g. 10,50,120,500")
+    p.add_argument("--draws", type=_int_at_least(1), default=5, help="random draws per class")
+    p.add_argument("--out", type=Path, required=True,
+                   help="the ablation folder: every finished training and evaluation is kept there, so a rerun "
+                        "continues; several processes may share it")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_ablate)
 
     p = sub.add_parser("analyze", help="the paper's theory: batch-size guideline, densification of death times")
     tools = p.add_subparsers(dest="tool", required=True, metavar="TOOL")

@@ -62,18 +62,33 @@ def train_backbone(data: ImageData, out_dir: str | Path, model_config: Autoencod
                  info={"dataset": data.name, "train_images": int(len(data.x_train))}, **trainer_kwargs)
 
 
+@dataclass(frozen=True)
+class EncodedSplits:
+    """Both splits of a dataset encoded by one backbone: (N, branches, branch_dim) each."""
+
+    train: torch.Tensor
+    test: torch.Tensor
+    seconds: float
+
+
+def encode_splits(backbone: Backbone, data: ImageData) -> EncodedSplits:
+    """Encodes ``data``'s train and test images once, for any number of evaluations."""
+    start = time.perf_counter()
+    train_codes, test_codes = backbone.encode(data.x_train), backbone.encode(data.x_test)
+    return EncodedSplits(train_codes, test_codes, time.perf_counter() - start)
+
+
 def evaluate_backbone(backbone: Backbone, data: ImageData, out_dir: str | Path | None = None, *,
                       ns: tuple[int, ...] = (120,), draws: int = 5, seed: int = 0, radius: float | None = None,
                       classes: list[int] | None = None, test_size: int | None = None, cells: bool = False,
-                      compute: bool = True, progress: bool = True, method: str = "corel") -> dict[int, ProtocolResult]:
+                      compute: bool = True, progress: bool = True, method: str = "corel",
+                      codes: EncodedSplits | None = None) -> dict[int, ProtocolResult]:
     """The one-class protocol for ``backbone`` on ``data``, for each n in ``ns``.  Both splits are
-    encoded once; each class and draw then fits a :class:`OneClassDetector` on codes.  Writes the
-    reports (auroc_<data>_n<n>.*, settings_<data>_n<n>.json) when ``out_dir`` is given; ``cells``:
-    also keep each finished cell there, to resume (see :func:`corel.experiments.protocol.evaluate`)."""
-    start = time.perf_counter()
-    codes_train = backbone.encode(data.x_train)
-    codes_test = backbone.encode(data.x_test)
-    encode_seconds = time.perf_counter() - start
+    encoded once (or ``codes`` from :func:`encode_splits` are used); each class and draw then fits a
+    :class:`OneClassDetector` on codes.  Writes the reports (auroc_<data>_n<n>.*,
+    settings_<data>_n<n>.json) when ``out_dir`` is given; ``cells``: also keep each finished cell
+    there, to resume (see :func:`corel.experiments.protocol.evaluate`)."""
+    codes = encode_splits(backbone, data) if codes is None else codes
     radius = backbone.eta if radius is None else radius
 
     def make(_seed: int) -> OneClassDetector:  # counting is deterministic: the cell seed is not needed
@@ -84,12 +99,12 @@ def evaluate_backbone(backbone: Backbone, data: ImageData, out_dir: str | Path |
     results = {}
     for n in ns:
         cells_dir = Path(out_dir) / f"cells_{data.name}_n{n}" if cells and out_dir is not None else None
-        result = evaluate(make, codes_train, data.y_train, codes_test, data.y_test, class_names=list(data.class_names),
+        result = evaluate(make, codes.train, data.y_train, codes.test, data.y_test, class_names=list(data.class_names),
                           n=n, draws=draws, seed=seed, classes=classes, test_size=test_size, method=method,
                           dataset=data.name, settings=settings, cells_dir=cells_dir, compute=compute,
                           progress=progress)
-        result.settings["encode_seconds"] = encode_seconds
-        result.seconds += encode_seconds  # the fits only count codes: encoding is the cost
+        result.settings["encode_seconds"] = codes.seconds
+        result.seconds += codes.seconds  # the fits only count codes: encoding is the cost
         if out_dir is not None:
             out = Path(out_dir)
             reports.write_protocol(result, out, stem=f"auroc_{data.name}_n{n}")

@@ -1,0 +1,97 @@
+"""corel ablate: the grid, its report, resuming, and several processes sharing one folder."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from corel.detection.detector import OneClassDetector
+from corel.experiments import ablation
+from corel.experiments.ablation import Layout, ablate
+from corel.experiments.datasets import load_dataset
+from corel.experiments.training import TrainConfig
+from corel.experiments.workflows import default_model_config
+
+GRID = dict(layouts=[Layout(2, 3), Layout(4, 2)], lams=[0.0, 1.0], radii=(0.5, 1.0, 2.0), ns=(20, 40), draws=1)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def run(data, out, **overrides):
+    settings = {**GRID, **overrides}
+    return ablate(data, out, model_config=default_model_config(data), config=TrainConfig(epochs=2, batch_size=50, eta=1.0),
+                  progress=False, accelerator="cpu", devices=1, **settings)
+
+
+def _files(folder):
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and "locks" not in p.parts}
+
+
+def test_grid_report_and_a_rerun_that_does_nothing(tmp_path, digits, monkeypatch):
+    report = run(digits, tmp_path).read_text()
+    assert "| 2x3 |" in report and "| 4x2 |" in report and "lambda 0 | lambda 1" in report and "Partial" not in report
+    assert "## Radius sweep (n = 20)" in report and "radius 0.5" in report and "## Sample-count sweep" in report
+    csv = (tmp_path / "ablation_digits.csv").read_text().splitlines()
+    assert len(csv) == 1 + 4 * (2 + 2)  # 4 backbones x (n = 20, 40 at eta; radii 0.5, 2 at n = 20)
+    for chart in ("lambda", "radius", "n"):
+        assert (tmp_path / f"ablation_digits_{chart}.png").stat().st_size > 0
+    before = _files(tmp_path / "backbones")
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("a detector was fitted again")
+
+    monkeypatch.setattr(OneClassDetector, "fit", no_fit)
+    assert run(digits, tmp_path).read_text() == report
+    assert _files(tmp_path / "backbones") == before  # no backbone retrained or rewritten
+
+
+def test_killed_evaluations_resume_from_their_cells(tmp_path, digits, monkeypatch):
+    run(digits, tmp_path, lams=[1.0], layouts=[Layout(2, 3)], radii=())
+    finished = tmp_path / "evaluations" / "digits_2x3_lam1" / "r1" / "auroc_digits_n40.json"
+    finished.unlink()  # killed after the last cell, before the report
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("a stored cell was computed again")
+
+    monkeypatch.setattr(OneClassDetector, "fit", no_fit)
+    run(digits, tmp_path, lams=[1.0], layouts=[Layout(2, 3)], radii=())
+    assert finished.exists()
+
+
+def test_processes_share_the_grid_through_locks(tmp_path, digits):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        held = tmp_path / "locks" / "digits_4x2_lam1.train.lock"
+        held.parent.mkdir(parents=True)
+        held.write_text(f"{socket.gethostname()} {sleeper.pid}")  # another live process is training it
+        stale = tmp_path / "locks" / "digits_2x3_lam0.train.lock"
+        stale.write_text(f"{socket.gethostname()} {2 ** 22 + 12345}")  # its process is gone
+        report = run(digits, tmp_path).read_text()
+        assert not (tmp_path / "backbones" / "digits_4x2_lam1").exists() and held.exists()
+        assert (tmp_path / "backbones" / "digits_2x3_lam0" / "backbone.pt").exists() and not stale.exists()
+        assert "Partial: 1 of 4 cells" in report
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    report = run(digits, tmp_path).read_text()  # the lock's process died: the cell is trained now
+    assert "Partial" not in report and (tmp_path / "backbones" / "digits_4x2_lam1" / "backbone.pt").exists()
+
+
+def test_layouts_and_cli_errors(capsys):
+    from corel.experiments.cli import main
+
+    assert Layout.parse(" 16 x 10 ") == Layout(16, 10) and str(Layout(1, 160)) == "1x160"
+    for bad in ("16", "0x10", "16x", "axb"):
+        with pytest.raises(ValueError, match="layout"):
+            Layout.parse(bad)
+    for argv, message in ((["--layout", "16by10"], "--layout: a layout is"), (["--lam", "1,x"], "--lam: expected"),
+                          (["--radius", "0"], "--radius: expected numbers > 0")):
+        with pytest.raises(SystemExit):
+            main(["ablate", "--data", "digits", "--out", "x", *argv])
+        assert message in capsys.readouterr().err
+    assert ablation.reference_n((10, 120, 500)) == 120 and ablation.reference_n((10, 50)) == 10
