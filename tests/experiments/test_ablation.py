@@ -1,6 +1,5 @@
 """corel ablate: the grid, its report, resuming, and several processes sharing one folder."""
 
-import os
 import socket
 import subprocess
 import sys
