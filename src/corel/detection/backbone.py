@@ -30,7 +30,9 @@ VERSION = 2
 
 # Backbones shipped inside the package (corel/detection/pretrained/<name>.pt), with the SHA-256 of
 # each file; docs/pretrained.md says how each was made.
-PRETRAINED: dict[str, str] = {}
+PRETRAINED: dict[str, str] = {
+    "cifar10": "af839b6aad965c35a8254b6d6cb68ea1d3efafc2d06423d13bb36725fc53ecc3",
+}
 
 
 @dataclass

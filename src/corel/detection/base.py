@@ -42,7 +42,8 @@ class BaseDetector(OutlierMixin, BaseEstimator, ABC):
     allows it, so that the training samples are scored as unseen samples would be) and
     ``_score_samples(X) -> (N,)``; their ``__init__`` stores ``contamination``.
 
-    Attributes (after fit): ``offset_`` (float), plus the subclass's learned state.
+    Attributes (after fit): ``offset_`` (float), ``train_scores_`` ((n,) the training samples'
+    scores that set it), plus the subclass's learned state.
     """
 
     contamination: float
@@ -50,8 +51,8 @@ class BaseDetector(OutlierMixin, BaseEstimator, ABC):
     def fit(self, X: Any, y: None = None) -> "BaseDetector":
         """Learns the class from its samples ``X``; ``y`` is ignored (one-class)."""
         contamination = check_contamination(self.contamination)
-        scores = np.asarray(self._fit(X), dtype=np.float64)
-        self.offset_ = offset_from_scores(scores, contamination)
+        self.train_scores_ = np.asarray(self._fit(X), dtype=np.float64)
+        self.offset_ = offset_from_scores(self.train_scores_, contamination)
         return self
 
     def score_samples(self, X: Any) -> np.ndarray:

@@ -151,32 +151,40 @@ class OneClassDetector(BaseDetector):
             raise ValueError(f"codes of shape {tuple(codes.shape[1:])} do not match the fitted {tuple(self.codes_.shape[1:])}")
         return count_within(codes.to(self.codes_.dtype), self.codes_, self.radius_, self.metric_, self.chunk_size).numpy()
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Writes the fitted detector, backbone included, to one file (atomically, with a checksum)."""
+    def to_dict(self) -> dict[str, Any]:
+        """The fitted detector as plain types and CPU tensors, backbone included."""
         check_is_fitted(self, "codes_")
         params = {k: v for k, v in self.get_params().items() if k != "backbone"}
-        save_checked({"params": params, "backbone": None if self.backbone_ is None else self.backbone_.to_dict(),
-                      "codes": self.codes_.cpu(), "radius": self.radius_, "metric": self.metric_,
-                      "offset": self.offset_}, path, format=FORMAT, version=VERSION)
+        return {"params": params, "backbone": None if self.backbone_ is None else self.backbone_.to_dict(),
+                "codes": self.codes_.cpu(), "radius": self.radius_, "metric": self.metric_, "offset": self.offset_}
+
+    @classmethod
+    def from_dict(cls, content: dict[str, Any], where: str = "detector") -> "OneClassDetector":
+        """The inverse of :meth:`to_dict`, validated: ValueError naming ``where`` for bad content."""
+        try:
+            backbone = None if content["backbone"] is None else Backbone.from_dict(content["backbone"], where=where)
+            det = cls(backbone=backbone, **content["params"])
+            codes, radius, offset = content["codes"], content["radius"], content["offset"]
+            metric = metric_name(content["metric"])
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{where} is not a valid detector file ({type(e).__name__}: {e})") from e
+        if not isinstance(codes, Tensor) or codes.ndim != 3 or codes.shape[0] == 0 or not codes.is_floating_point() \
+                or not torch.isfinite(codes).all():
+            raise ValueError(f"{where}: the detector's codes must be a finite (n, branches, dim) tensor")
+        if backbone is not None and tuple(codes.shape[1:]) != (backbone.config.branches, backbone.config.branch_dim):
+            raise ValueError(f"{where}: codes of shape {tuple(codes.shape[1:])} do not match the backbone")
+        if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not np.isfinite(offset):
+            raise ValueError(f"{where}: the detector's offset must be a finite number, got {offset!r}")
+        det.backbone_, det.codes_, det.metric_, det.offset_ = backbone, codes, metric, float(offset)
+        det.radius_ = check_scale(radius, f"{where}: the detector's radius")
+        return det
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the fitted detector, backbone included, to one file (atomically, with a checksum)."""
+        save_checked(self.to_dict(), path, format=FORMAT, version=VERSION)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "OneClassDetector":
         """Reads a file written by :meth:`save`; a damaged, foreign or invalid file raises ValueError."""
-        blob = load_checked(path, format=FORMAT, version=VERSION, what="corel one-class detector file")
-        try:
-            backbone = None if blob["backbone"] is None else Backbone.from_dict(blob["backbone"], where=str(path))
-            det = cls(backbone=backbone, **blob["params"])
-            codes, radius, offset = blob["codes"], blob["radius"], blob["offset"]
-            metric = metric_name(blob["metric"])
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"{path} is not a valid detector file ({type(e).__name__}: {e})") from e
-        if not isinstance(codes, Tensor) or codes.ndim != 3 or codes.shape[0] == 0 or not codes.is_floating_point() \
-                or not torch.isfinite(codes).all():
-            raise ValueError(f"{path}: the detector's codes must be a finite (n, branches, dim) tensor")
-        if backbone is not None and tuple(codes.shape[1:]) != (backbone.config.branches, backbone.config.branch_dim):
-            raise ValueError(f"{path}: codes of shape {tuple(codes.shape[1:])} do not match the backbone")
-        if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not np.isfinite(offset):
-            raise ValueError(f"{path}: the detector's offset must be a finite number, got {offset!r}")
-        det.backbone_, det.codes_, det.metric_, det.offset_ = backbone, codes, metric, float(offset)
-        det.radius_ = check_scale(radius, f"{path}: the detector's radius")
-        return det
+        return cls.from_dict(load_checked(path, format=FORMAT, version=VERSION, what="corel one-class detector file"),
+                             where=str(path))

@@ -33,6 +33,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _contamination(text: str) -> float:
+    value = _float(text)
+    if not 0 <= value <= 0.5:
+        raise argparse.ArgumentTypeError(f"must be in [0, 0.5], got {text}")
+    return value
+
+
 def _int_at_least(minimum: int):
     def parse(text: str) -> int:
         try:
@@ -249,6 +256,44 @@ def _ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_failures(failed: list[tuple[str, str]]) -> None:
+    if failed:
+        log = logging.getLogger("corel")
+        log.warning("%d images could not be read and were left out:", len(failed))
+        for name, why in failed:
+            log.warning("  %s (%s)", name, why)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from corel.experiments.novelty import fit, write_report
+
+    model, failed = fit(args.images, args.backbone, contamination=args.contamination, radius=args.radius,
+                        resize=args.resize, strict=args.strict, device=args.device)
+    _report_failures(failed)
+    model.save(args.out)
+    det = model.detector
+    print(f"fitted on {len(model.names)} images (radius {det.radius_:g}); threshold {det.offset_:g}: "
+          f"{args.contamination:g} of them score below it; model in {args.out}")
+    if args.report:
+        print(f"report in {write_report(model, args.report)}")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from corel.experiments.novelty import NoveltyModel, read_labels, score, write_report, write_scores
+
+    model = NoveltyModel.load(args.model)
+    scored = score(model, args.images, chunk=args.chunk, strict=args.strict, progress=not args.quiet)
+    labels = read_labels(args.labels, scored.names) if args.labels else None
+    _report_failures(scored.failed)
+    write_scores(scored, model.detector.offset_, args.out)
+    novel = int((scored.scores < model.detector.offset_).sum())
+    print(f"{len(scored.scores)} images scored: {novel} novel, {len(scored.scores) - novel} normal; scores in {args.out}")
+    if args.report:
+        print(f"report in {write_report(model, args.report, scored, labels)}")
+    return 0
+
+
 def _analyze_batch_size(args: argparse.Namespace) -> int:
     from corel.topology.theory import batch_size_for_tolerance, tolerance_for_batch_size
 
@@ -332,6 +377,32 @@ def build_parser() -> argparse.ArgumentParser:
                         "method finished)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_compare)
+
+    p = sub.add_parser("fit", help="fit a novelty detector on a folder of normal images (pretrained backbone)")
+    p.add_argument("images", help="a folder of image files (jpg, png, bmp), a list file of paths, or an .npz")
+    p.add_argument("--out", type=Path, required=True, help="the model file to write, e.g. model.corel")
+    p.add_argument("--backbone", default="cifar10", help="cifar10 (shipped, the default) or a backbone.pt")
+    p.add_argument("--contamination", type=_contamination, default=0.1,
+                   help="fraction of the fitted images to call novel, in [0, 0.5]: sets the threshold (default 0.1)")
+    p.add_argument("--radius", type=_positive_float, default=None, help="ball radius (default: the backbone's eta)")
+    p.add_argument("--resize", choices=("bilinear", "box"), default="bilinear",
+                   help="filter that brings images to the backbone's size after a central square crop")
+    p.add_argument("--device", default=None, help="where the backbone encodes: cpu, cuda, ...")
+    p.add_argument("--report", type=Path, default=None, help="also write an HTML report of the fitted images")
+    p.add_argument("--strict", action="store_true", help="an unreadable image is an error (default: left out, listed)")
+    p.set_defaults(func=_fit)
+
+    p = sub.add_parser("score", help="score images with a model from corel fit: CSV, and an HTML report")
+    p.add_argument("model", type=Path, help="the model file written by corel fit")
+    p.add_argument("images", help="a folder of image files, a list file of paths, or an .npz")
+    p.add_argument("--out", type=Path, required=True, help="CSV to write: path, score, normal/novel, rank")
+    p.add_argument("--report", type=Path, default=None, help="also write an HTML report (and its PNGs beside it)")
+    p.add_argument("--labels", type=Path, default=None,
+                   help="CSV with columns path,label (normal/novel): adds the ROC curve and AUROC to the report")
+    p.add_argument("--chunk", type=_int_at_least(1), default=1000, help="images decoded and scored at a time")
+    p.add_argument("--strict", action="store_true", help="an unreadable image is an error (default: listed)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_score)
 
     p = sub.add_parser("ablate", help="the paper's ablations: lambda x branch layout, radius and sample-count sweeps")
     _add_data_args(p)

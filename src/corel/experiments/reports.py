@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from corel._io import atomic_write_json, atomic_write_text
+from corel._io import atomic_write, atomic_write_json, atomic_write_text
 from corel.experiments.protocol import ProtocolResult
 
 write_json = atomic_write_json
@@ -127,3 +127,147 @@ def read_json(path: str | Path) -> Any:
         return json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e})") from e
+
+
+# ----------------------------------------------------------------------------- novelty reports
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }}
+h1 {{ font-size: 1.5em; }} h2 {{ font-size: 1.15em; margin-top: 2em; }}
+.strip {{ display: flex; flex-wrap: wrap; gap: 6px; }}
+figure.thumb {{ margin: 0; text-align: center; font-size: 0.75em; width: 72px; overflow-wrap: anywhere; }}
+figure.thumb img {{ width: 64px; height: 64px; image-rendering: pixelated; border: 3px solid #ccc; }}
+figure.thumb.novel img {{ border-color: #d62728; }} figure.thumb.normal img {{ border-color: #2ca02c; }}
+img.chart {{ max-width: 100%; }} table {{ border-collapse: collapse; }} td, th {{ padding: 0.2em 0.8em; text-align: left; }}
+</style></head><body>
+<h1>{title}</h1>
+{body}
+</body></html>
+"""
+
+
+def _png_bytes(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _data_uri(png: bytes) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _thumbnail(image: np.ndarray) -> bytes:
+    """uint8 (C, H, W) -> PNG bytes."""
+    from PIL import Image
+
+    pixels = image.transpose(1, 2, 0)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _grid(images: list[np.ndarray], captions: list[str], columns: int = 12):
+    """A Figure of thumbnails with captions (the PNG twin of a strip in the page)."""
+    from corel.topology.plots import new_figure
+
+    rows = max(1, -(-len(images) // columns))
+    fig = new_figure((columns * 0.9, rows * 1.1))
+    for i, (image, caption) in enumerate(zip(images, captions)):
+        ax = fig.add_subplot(rows, columns, i + 1)
+        pixels = image.transpose(1, 2, 0)
+        ax.imshow(pixels[..., 0] if pixels.shape[2] == 1 else pixels, cmap="gray", interpolation="nearest")
+        ax.set_title(caption, fontsize=6)
+        ax.axis("off")
+    return fig
+
+
+def html(path: str | Path, scores: np.ndarray, threshold: float, *, names: Sequence[str] | None = None,
+         images: np.ndarray | dict[int, np.ndarray] | None = None, fitted: np.ndarray | None = None,
+         labels: np.ndarray | None = None, title: str = "corel novelty report", top: int = 12) -> Path:
+    """One self-contained HTML page (every image inside it as a data URI; nothing fetched, no
+    scripts) about scored images, plus its figures as PNG beside it (<stem>_*.png).
+
+    ``scores`` (N,) higher = more normal, ``threshold`` the detector's ``offset_`` (below it:
+    novel); ``names`` of the images; ``images``: uint8 (N, C, H, W), or a dict index -> (C, H, W)
+    holding at least the ``top`` most novel and most normal ones; ``fitted``: uint8 images the
+    detector was fitted on (a strip of thumbnails); ``labels`` (N,) bool, True = normal: adds the
+    ROC curve and the AUROC.  Returns the page's path.
+    """
+    from html import escape
+
+    from corel.topology.plots import new_figure
+
+    path = Path(path)
+    scores = np.asarray(scores, dtype=np.float64)
+    n = len(scores)
+    if n == 0:
+        raise ValueError("no scores to report")
+    names = [str(i) for i in range(n)] if names is None else [str(s) for s in names]
+    if len(names) != n:
+        raise ValueError(f"{len(names)} names for {n} scores")
+    label = [escape(Path(name).name) for name in names]
+    novel = scores < threshold
+    body = [f"<p>{n} images scored; <b>{int(novel.sum())}</b> novel (score below the threshold {threshold:g}), "
+            f"{n - int(novel.sum())} normal.  The score counts the fitted samples' codes near an image's code: "
+            "higher is more normal.</p>"]
+    stem = path.with_suffix("")
+    figures: dict[str, object] = {}
+
+    def strip(heading: str, ranked: np.ndarray) -> None:
+        """Thumbnails of the first ``top`` of ``ranked`` whose images are at hand."""
+        if images is None:
+            return
+        shown = [(i, images[i]) for i in ranked if isinstance(images, np.ndarray) or i in images][:top]
+        cells = "".join(f'<figure class="thumb {"novel" if novel[i] else "normal"}">'
+                        f'<img src="{_data_uri(_thumbnail(img))}" alt="{label[i]}" title="{escape(names[i])}">'
+                        f"<figcaption>{scores[i]:g}<br>{label[i]}</figcaption></figure>" for i, img in shown)
+        body.append(f"<h2>The {len(shown)} {heading}</h2><div class=\"strip\">{cells}</div>")
+        figures[heading] = _grid([img for _, img in shown], [f"{scores[i]:g}" for i, _ in shown])
+
+    if fitted is not None:
+        cells = "".join(f'<figure class="thumb"><img src="{_data_uri(_thumbnail(img))}" alt="fitted sample {k}">'
+                        "</figure>" for k, img in enumerate(fitted))
+        body.append(f"<h2>The {len(fitted)} fitted samples</h2><div class=\"strip\">{cells}</div>")
+        figures["fitted"] = _grid(list(fitted), [""] * len(fitted), columns=16)
+    order = np.argsort(scores, kind="stable")
+    strip("most novel images", order)
+    strip("most normal images", order[::-1])
+    hist = new_figure((6.0, 3.2))
+    ax = hist.add_subplot()
+    ax.hist(scores, bins=min(50, max(10, n // 5)), color="tab:blue", alpha=0.8)
+    ax.axvline(threshold, color="tab:red", lw=1.5, label=f"threshold {threshold:g}")
+    ax.set_xlabel("score (higher = more normal)")
+    ax.set_ylabel("images")
+    ax.legend()
+    figures["histogram"] = hist
+    body.append("<h2>Scores</h2>{histogram}")
+    if labels is not None:
+        from sklearn.metrics import roc_auc_score, roc_curve
+
+        labels = np.asarray(labels, dtype=bool)
+        if labels.shape != (n,) or labels.all() or not labels.any():
+            raise ValueError("labels must be one bool per image with both normal (True) and novel (False) ones")
+        fpr, tpr, _ = roc_curve(labels, scores)
+        auroc = 100 * roc_auc_score(labels, scores)
+        roc = new_figure((4.0, 4.0))
+        ax = roc.add_subplot()
+        ax.plot(fpr, tpr, color="tab:blue", label=f"AUROC {auroc:.2f}")
+        ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8)
+        ax.set_xlabel("false positive rate (novel called normal)")
+        ax.set_ylabel("true positive rate (normal called normal)")
+        ax.legend(loc="lower right")
+        figures["roc"] = roc
+        body.append(f"<h2>Against the labels: AUROC {auroc:.2f}</h2>{{roc}}")
+    page = "\n".join(body)
+    for key, fig in figures.items():
+        png = _png_bytes(fig)
+        slug = {"most novel images": "novel", "most normal images": "normal"}.get(key, key)
+        atomic_write(f"{stem}_{slug}.png", lambda f, png=png: f.write(png))
+        if key in ("histogram", "roc"):
+            page = page.replace("{" + key + "}", f'<img class="chart" src="{_data_uri(png)}" alt="{key}">')
+    atomic_write_text(path, _PAGE.format(title=escape(title), body=page))
+    return path

@@ -10,18 +10,20 @@ default: PIL's bilinear filter, antialiased when shrinking, which is what the au
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import warnings
 import zipfile
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Callable, Protocol
+from typing import BinaryIO, Callable, Iterator, Protocol
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
 from corel._io import atomic_write
+from corel.detection.images import as_uint8_images
 from corel.experiments.datasets.arrays import ImageData
 from corel.experiments.datasets.download import ARCHIVES, find_archive, find_folder
 
@@ -127,18 +129,23 @@ def check_resize(resize: str) -> Image.Resampling:
     return RESIZE_FILTERS[resize]
 
 
+def square(rgb: Image.Image, size: int, resize: str = "bilinear") -> np.ndarray:
+    """An RGB image -> (3, size, size) uint8: its central square, resized with ``resize``."""
+    resample = check_resize(resize)
+    width, height = rgb.size
+    if (width, height) != (size, size):
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        # crop first: resizing with box= would let the filter read pixels beyond the square's border
+        rgb = rgb.crop((left, top, left + side, top + side)).resize((size, size), resample)
+    return np.asarray(rgb).transpose(2, 0, 1)
+
+
 def decode_image(fp: BinaryIO, size: int, resize: str = "bilinear") -> np.ndarray:
     """One image file -> (3, size, size) uint8 RGB: its central square, resized with ``resize``."""
-    resample = check_resize(resize)
     with Image.open(fp) as image:
         image.draft("RGB", (size, size))  # JPEG: decode at the smallest DCT scale still >= size, much faster
-        rgb = image.convert("RGB")
-    width, height = rgb.size
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    # crop first: resizing with box= would let the filter read pixels beyond the square's border
-    square = rgb.crop((left, top, left + side, top + side)).resize((size, size), resample)
-    return np.asarray(square).transpose(2, 0, 1)
+        return square(image.convert("RGB"), size, resize)
 
 
 def _decode_all(files: _Files, names: list[str], size: int, resize: str, desc: str) -> np.ndarray:
@@ -256,3 +263,102 @@ def load_imagefolder(root: Path, image_size: int, resize: str, cache: bool) -> I
                          _decode_all(files, test, image_size, resize, f"decoding {test_split} images"), y_test, tuple(classes))
 
     return _cached("imagefolder", image_size, resize, files.fingerprint(train + test), build, cache)
+
+
+# ----------------------------------------------------------------------------- unlabelled image sets
+
+_DECODE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError)
+LIST_SUFFIXES = (".txt", ".lst", ".list", ".csv")
+
+
+def image_paths(source: str | os.PathLike) -> list[Path]:
+    """The image files of ``source``: a folder (searched recursively, sorted, hidden files
+    skipped) or a list file (one path per line, relative to the list's folder; blank lines and
+    lines starting with # ignored).  ValueError when there are none."""
+    source = Path(source)
+    if source.is_dir():
+        found = [Path(folder) / name for folder, dirs, files in os.walk(source, followlinks=True)
+                 for name in files if not any(part.startswith(".") for part in Path(folder, name).relative_to(source).parts)]
+        images = sorted(p for p in found if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not images:
+            what = f"{len(found)} files but no images" if found else "nothing"
+            raise ValueError(f"{source} holds {what}: expected image files ({', '.join(IMAGE_EXTENSIONS)})")
+        return images
+    if source.is_file() and source.suffix.lower() in LIST_SUFFIXES:
+        lines = [line.strip() for line in source.read_text().splitlines()]
+        paths = [source.parent / line for line in lines if line and not line.startswith("#")]
+        if not paths:
+            raise ValueError(f"the list file {source} names no images")
+        return paths
+    if not source.exists():
+        raise FileNotFoundError(f"no such folder or file: {source}")
+    raise ValueError(f"{source} is neither a folder of images, an .npz nor a list file ({', '.join(LIST_SUFFIXES)})")
+
+
+def iter_images(paths: list[Path], size: int = 32, resize: str = "bilinear", chunk: int = 1000
+                ) -> Iterator[tuple[list[Path], np.ndarray, list[tuple[Path, str]]]]:
+    """Decodes ``paths`` ``chunk`` at a time: yields (the paths decoded, their (k, 3, size, size)
+    uint8 images, the (path, reason) of those that could not be read).  Memory is one chunk."""
+    check_resize(resize)
+    told = False
+    for start in range(0, len(paths), chunk):
+        names, pixels, failed = [], [], []
+        for path in paths[start: start + chunk]:
+            try:
+                with Image.open(path) as image:
+                    if image.size != (size, size) and not told:
+                        logging.getLogger("corel").info(
+                            "images are cropped to their central square and resized to %dx%d (%s); %s is %dx%d",
+                            size, size, resize, path, *image.size)
+                        told = True
+                    image.draft("RGB", (size, size))
+                    pixels.append(square(image.convert("RGB"), size, resize))
+                names.append(path)
+            except _DECODE_ERRORS as e:
+                failed.append((path, f"{type(e).__name__}: {e}"))
+        yield names, np.stack(pixels) if pixels else np.zeros((0, 3, size, size), np.uint8), failed
+
+
+def _npz_images(path: Path, size: int, resize: str) -> tuple[np.ndarray, list[str]]:
+    """The images of an .npz: its array "images" or "x", or its only array; any layout
+    :func:`corel.detection.images.as_uint8_images` reads, resized to size x size."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            key = next((k for k in ("images", "x") if k in f.files), f.files[0] if len(f.files) == 1 else None)
+            if key is None:
+                raise ValueError(f"{path} holds {len(f.files)} arrays ({', '.join(f.files)}); name the images "
+                                 "'images' or 'x', or keep only them")
+            images = as_uint8_images(f[key], f"{path}:{key}")
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise ValueError(f"cannot read {path} as an .npz of arrays ({e})") from e
+    if images.shape[2:] != (size, size) or images.shape[1] != 3:
+        rgb = [Image.fromarray(img.transpose(1, 2, 0).squeeze(-1) if img.shape[0] == 1 else img.transpose(1, 2, 0))
+               .convert("RGB") for img in images]
+        images = np.stack([square(img, size, resize) for img in rgb]) if rgb else images
+    return images, [f"{path}[{i}]" for i in range(len(images))]
+
+
+def load_images(source: str | os.PathLike, image_size: int = 32, resize: str = "bilinear", *,
+                errors: str = "raise", return_names: bool = False):
+    """Images to fit or score a detector on: (N, 3, image_size, image_size) uint8.
+
+    ``source``: a folder of image files (jpg, png or bmp, any size, RGB or grayscale; each is
+    cropped to its central square and resized with ``resize``), a list file of image paths, or an
+    .npz.  ``errors``: "raise" (an unreadable file is an error naming every such file) or "skip".
+    ``return_names``: also return the names (paths, or ``file.npz[i]``) of the images, in order.
+    """
+    if errors not in ("raise", "skip"):
+        raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
+    source = Path(source)
+    if source.suffix.lower() == ".npz" and source.is_file():
+        images, names = _npz_images(source, image_size, resize)
+    else:
+        parts = list(iter_images(image_paths(source), image_size, resize, chunk=1 << 30))
+        names, images, failed = parts[0]
+        if failed and errors == "raise":
+            listed = "; ".join(f"{p} ({why})" for p, why in failed[:10])
+            raise ValueError(f"{len(failed)} of {len(failed) + len(names)} images could not be read: {listed}")
+        names = [str(p) for p in names]
+    if len(images) == 0:
+        raise ValueError(f"no readable images in {source}")
+    return (images, names) if return_names else images

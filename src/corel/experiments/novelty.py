@@ -1,0 +1,192 @@
+"""Novelty detection on your own images: fit a detector on a folder of normal images, score
+others, look at a report.  Behind ``corel fit`` and ``corel score``.
+
+The ``.corel`` model file holds the fitted detector (backbone included), how images are prepared
+for it (size, resize filter), its training scores and thumbnails of the fitted images, under a
+format name, a version and a checksum (see :mod:`corel._io`).
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from corel._io import load_checked, save_checked
+from corel.detection.backbone import Backbone, resolve_backbone
+from corel.detection.detector import OneClassDetector
+from corel.experiments import reports
+from corel.experiments.datasets.image_files import image_paths, iter_images, load_images
+
+FORMAT = "corel-model"
+VERSION = 1
+THUMBNAILS = 48  # fitted images kept in the model file, for reports
+
+
+@dataclass
+class NoveltyModel:
+    """A fitted detector with everything needed to score new image files the same way."""
+
+    detector: OneClassDetector
+    image_size: int
+    resize: str
+    train_scores: np.ndarray
+    thumbnails: np.ndarray  # uint8 (k, 3, size, size), the first fitted images
+    names: list[str] = field(default_factory=list)  # every fitted image
+
+    def save(self, path: str | os.PathLike) -> None:
+        save_checked({"detector": self.detector.to_dict(), "image_size": self.image_size, "resize": self.resize,
+                      "train_scores": torch.from_numpy(self.train_scores),
+                      "thumbnails": torch.from_numpy(np.ascontiguousarray(self.thumbnails)),
+                      "names": list(self.names)}, path, format=FORMAT, version=VERSION)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "NoveltyModel":
+        content = load_checked(path, format=FORMAT, version=VERSION, what="corel model file (written by corel fit)")
+        try:
+            return cls(OneClassDetector.from_dict(content["detector"], where=str(path)), int(content["image_size"]),
+                       str(content["resize"]), content["train_scores"].numpy(), content["thumbnails"].numpy(),
+                       [str(name) for name in content["names"]])
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{path} is not a valid corel model file ({type(e).__name__}: {e})") from e
+
+
+def _image_size(backbone: Backbone) -> int:
+    shape = backbone.config.input_shape
+    if len(shape) != 3 or shape[0] != 3 or shape[1] != shape[2]:
+        raise ValueError(f"image files need a backbone of square RGB images; this one takes inputs of shape {shape}")
+    return shape[1]
+
+
+def fit(source: str | os.PathLike, backbone: Backbone | str | os.PathLike = "cifar10", *, contamination: float = 0.1,
+        radius: float | None = None, resize: str = "bilinear", strict: bool = False,
+        device: str | None = None) -> tuple[NoveltyModel, list[tuple[str, str]]]:
+    """Fits a detector on the images of ``source`` (a folder, a list file or an .npz).  Returns the
+    model and the (name, reason) of the files that could not be read (an error when ``strict``)."""
+    backbone = resolve_backbone(backbone, device or "cpu")
+    size = _image_size(backbone)
+    failed: list[tuple[str, str]] = []
+    if Path(source).suffix.lower() == ".npz":
+        images, names = load_images(source, size, resize, return_names=True)
+    else:
+        decoded, names = [], []
+        for good, pixels, bad in iter_images(image_paths(source), size, resize):
+            decoded.append(pixels)
+            names += [str(p) for p in good]
+            failed += [(str(p), why) for p, why in bad]
+        _refuse_failures(failed, strict, len(names))
+        images = np.concatenate(decoded)
+    if len(images) < 2:
+        raise ValueError(f"need at least 2 readable images to fit, found {len(images)} in {source}")
+    detector = OneClassDetector(backbone, radius=radius, contamination=contamination, device=device).fit(images)
+    return NoveltyModel(detector, size, resize, detector.train_scores_, images[:THUMBNAILS], names), failed
+
+
+def _refuse_failures(failed: list[tuple[str, str]], strict: bool, readable: int) -> None:
+    if failed and (strict or readable == 0):
+        listed = "; ".join(f"{name} ({why})" for name, why in failed[:10])
+        more = f" and {len(failed) - 10} more" if len(failed) > 10 else ""
+        raise ValueError(f"{len(failed)} images could not be read: {listed}{more}")
+
+
+@dataclass
+class Scored:
+    """Scores of a set of images, with the most novel and most normal of them kept for a report."""
+
+    names: list[str]
+    scores: np.ndarray
+    failed: list[tuple[str, str]]
+    extremes: dict[int, np.ndarray]  # index -> uint8 image, for the `keep` lowest and highest scores
+
+
+def score(model: NoveltyModel, source: str | os.PathLike, *, chunk: int = 1000, strict: bool = False,
+          keep: int = 12, progress: bool = True) -> Scored:
+    """Scores the images of ``source`` ``chunk`` at a time: memory holds one chunk of images and
+    the ``keep`` most novel and most normal ones, whatever the number of images."""
+    from tqdm.auto import tqdm
+
+    det = model.detector
+    if Path(source).suffix.lower() == ".npz":
+        images, names = load_images(source, model.image_size, model.resize, return_names=True)
+        chunks: Iterator = iter([(names, images, [])])
+        total = len(names)
+    else:
+        paths = image_paths(source)
+        chunks, total = iter_images(paths, model.image_size, model.resize, chunk), len(paths)
+    names, scores, failed = [], [], []
+    lowest: list = []  # heaps of (key, index, image): the most novel and the most normal
+    highest: list = []
+    with tqdm(total=total, unit="img", desc="scoring", disable=not progress, leave=False) as bar:
+        for good, pixels, bad in chunks:
+            failed += [(str(p), why) for p, why in bad]
+            if len(pixels):
+                values = det.score_samples(pixels)
+                for value, image in zip(values, pixels):
+                    index = len(scores)
+                    scores.append(float(value))
+                    for heap, key in ((lowest, -value), (highest, value)):
+                        item = (key, -index, image)
+                        if len(heap) < keep:
+                            heapq.heappush(heap, item)
+                        elif item[:2] > heap[0][:2]:
+                            heapq.heapreplace(heap, item)
+                names += [str(p) for p in good]
+            bar.update(len(good) + len(bad))
+    _refuse_failures(failed, strict, len(scores))
+    extremes = {-i: img for _, i, img in lowest + highest}
+    return Scored(names, np.asarray(scores, dtype=np.float64), failed, extremes)
+
+
+def write_scores(scored: Scored, threshold: float, path: str | os.PathLike) -> None:
+    """CSV: path, score, normal/novel, rank (1 = most novel; ties in file order); unreadable images
+    follow with an empty score and their reason."""
+    order = np.argsort(scored.scores, kind="stable")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(1, len(order) + 1)
+    rows = [[name, f"{value:g}", "normal" if value >= threshold else "novel", int(r)]
+            for name, value, r in zip(scored.names, scored.scores, rank)]
+    rows += [[name, "", f"unreadable: {why}", ""] for name, why in scored.failed]
+    reports.write_csv(path, ["path", "score", "prediction", "rank"], rows)
+
+
+def read_labels(path: str | os.PathLike, names: list[str]) -> np.ndarray:
+    """Labels of scored images from a CSV with columns path and label (normal/novel, 1/0, true/false),
+    matched by path or file name -> (N,) bool, True = normal.  ValueError for images without a label."""
+    truth = {"normal": True, "1": True, "true": True, "inlier": True,
+             "novel": False, "0": False, "false": False, "outlier": False, "anomaly": False}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
+            raise ValueError(f"{path} must be a CSV with the columns path and label")
+        given: dict[str, bool] = {}
+        for row in reader:
+            value = row["label"].strip().lower()
+            if value not in truth:
+                raise ValueError(f"{path}: label {row['label']!r} of {row['path']} is not normal/novel or 1/0")
+            given[row["path"].strip()] = truth[value]
+    labels = []
+    for name in names:
+        found = given.get(name, given.get(Path(name).name))
+        if found is None:
+            raise ValueError(f"{path} has no label for {name}")
+        labels.append(found)
+    return np.asarray(labels, dtype=bool)
+
+
+def write_report(model: NoveltyModel, path: str | os.PathLike, scored: Scored | None = None,
+                 labels: np.ndarray | None = None) -> Path:
+    """The HTML report (:func:`corel.experiments.reports.html`) of ``scored`` images, or without
+    them of the fitted images' own (leave-one-out) scores."""
+    threshold = model.detector.offset_
+    if scored is None:
+        return reports.html(path, model.train_scores, threshold, names=model.names,
+                            images=dict(enumerate(model.thumbnails)), fitted=model.thumbnails,
+                            title="corel: the fitted images, each scored against the others")
+    return reports.html(path, scored.scores, threshold, names=scored.names, images=scored.extremes,
+                        fitted=model.thumbnails, labels=labels, title="corel novelty report")
