@@ -319,7 +319,7 @@ def _analyze_densification(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from corel.experiments.workflows import PROTOCOLS
+    from corel.experiments.protocol import PROTOCOLS
 
     parser = argparse.ArgumentParser(prog="corel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

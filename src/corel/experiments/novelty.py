@@ -156,8 +156,9 @@ def write_scores(scored: Scored, threshold: float, path: str | os.PathLike) -> N
 
 
 def read_labels(path: str | os.PathLike, names: list[str]) -> np.ndarray:
-    """Labels of scored images from a CSV with columns path and label (normal/novel, 1/0, true/false),
-    matched by path or file name -> (N,) bool, True = normal.  ValueError for images without a label."""
+    """Labels of scored images from a CSV with columns path and label (normal/novel, 1/0, true/false)
+    -> (N,) bool, True = normal.  A path in the CSV is relative to the CSV's folder (or absolute);
+    an image is matched by its path, else by its file name.  ValueError for an image without a label."""
     truth = {"normal": True, "1": True, "true": True, "inlier": True,
              "novel": False, "0": False, "false": False, "outlier": False, "anomaly": False}
     with open(path, newline="") as f:
@@ -170,9 +171,12 @@ def read_labels(path: str | os.PathLike, names: list[str]) -> np.ndarray:
             if value not in truth:
                 raise ValueError(f"{path}: label {row['label']!r} of {row['path']} is not normal/novel or 1/0")
             given[row["path"].strip()] = truth[value]
+    folder = Path(path).parent
+    by_path = {(folder / key).resolve(): value for key, value in given.items()}
+    by_name = {Path(key).name: value for key, value in given.items()}
     labels = []
     for name in names:
-        found = given.get(name, given.get(Path(name).name))
+        found = by_path.get(Path(name).resolve(), by_name.get(Path(name).name))
         if found is None:
             raise ValueError(f"{path} has no label for {name}")
         labels.append(found)

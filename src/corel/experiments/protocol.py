@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from corel._io import atomic_write_json
 from corel.detection.base import BaseDetector
@@ -47,6 +46,25 @@ def stratified_subset(y_test: np.ndarray, size: int | None, seed: int = 0) -> np
     take = np.maximum(1, np.round(counts * size / len(y_test)).astype(int))
     return np.sort(np.concatenate([rng.choice(np.flatnonzero(y_test == c), k, replace=False)
                                    for c, k in zip(labels, take)]))
+
+
+@dataclass(frozen=True)
+class PaperProtocol:
+    """A backbone trained on ``train_data``, evaluated one-class on every class of ``eval_data``."""
+
+    train_data: str
+    eval_data: str
+    description: str
+    published_mean: float | None = None  # the authors' mean AUROC x 100 at n = 120, where reported
+
+
+PROTOCOLS: dict[str, PaperProtocol] = {
+    "cifar10": PaperProtocol("cifar10", "cifar10", "CIFAR-10 backbone, CIFAR-10 classes"),
+    "cifar10-from-cifar100": PaperProtocol("cifar100", "cifar10", "CIFAR-100 backbone, CIFAR-10 classes (the paper's main table)", 75.96),
+    "cifar20": PaperProtocol("cifar10", "cifar20", "CIFAR-10 backbone, the 20 CIFAR-100 superclasses"),
+    "cifar100": PaperProtocol("cifar10", "cifar100", "CIFAR-10 backbone, the 100 CIFAR-100 classes"),
+    "imagenet": PaperProtocol("imagefolder", "imagefolder", "ImageNet backbone (32x32), 1000 one-class models"),
+}
 
 
 class CellStore:
@@ -157,6 +175,7 @@ def evaluate(
     for every method; None = the whole test split.  ``settings``: the detector's settings, recorded.
     ``cells_dir``: store each finished cell there (:class:`CellStore`) and reuse stored ones.
     ``compute=False``: only collect stored cells; the others stay NaN."""
+    from sklearn.metrics import roc_auc_score  # here: the command line should not wait for scikit-learn
     if n < 1 or draws < 1:
         raise ValueError(f"n and draws must be >= 1, got n={n}, draws={draws}")
     labels = np.unique(y_train) if classes is None else np.asarray(classes)

@@ -17,29 +17,12 @@ from corel.detection.detector import OneClassDetector
 from corel.detection.models import AutoencoderConfig
 from corel.experiments import reports
 from corel.experiments.datasets import ImageData, load_dataset
-from corel.experiments.protocol import ProtocolResult, evaluate
+from corel.experiments.protocol import PROTOCOLS, ProtocolResult, evaluate
 from corel.experiments.training import TrainConfig, train
 from corel.topology.distances import Metric
 from corel.topology.theory import Codes, Densification, as_codes, check_analysis, check_sizes, densification_sizes, densify
 
 
-@dataclass(frozen=True)
-class PaperProtocol:
-    """A backbone trained on ``train_data``, evaluated one-class on every class of ``eval_data``."""
-
-    train_data: str
-    eval_data: str
-    description: str
-    published_mean: float | None = None  # the authors' mean AUROC x 100 at n = 120, where reported
-
-
-PROTOCOLS: dict[str, PaperProtocol] = {
-    "cifar10": PaperProtocol("cifar10", "cifar10", "CIFAR-10 backbone, CIFAR-10 classes"),
-    "cifar10-from-cifar100": PaperProtocol("cifar100", "cifar10", "CIFAR-100 backbone, CIFAR-10 classes (the paper's main table)", 75.96),
-    "cifar20": PaperProtocol("cifar10", "cifar20", "CIFAR-10 backbone, the 20 CIFAR-100 superclasses"),
-    "cifar100": PaperProtocol("cifar10", "cifar100", "CIFAR-10 backbone, the 100 CIFAR-100 classes"),
-    "imagenet": PaperProtocol("imagefolder", "imagefolder", "ImageNet backbone (32x32), 1000 one-class models"),
-}
 
 
 def default_model_config(data: ImageData, branches: int = 16, branch_dim: int = 10,
