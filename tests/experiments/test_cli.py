@@ -42,8 +42,10 @@ def test_demo_quick_then_evaluate(tmp_path, capsys):
     report = json.loads((tmp_path / "lambda1" / "auroc_digits_n40.json").read_text())
     assert len(report["classes"]) == 10 and report["mean"] > 80  # digits are easy; chance is 50
     assert main(["evaluate", "--backbone", str(tmp_path / "lambda1" / "backbone.pt"), "--data", "digits",
-                 "-n", "30", "--draws", "2", "--out", str(tmp_path / "eval"), "--quiet"]) == 0
+                 "-n", "30", "--draws", "2", "--out", str(tmp_path / "eval"), "--quiet", "--report"]) == 0
     assert (tmp_path / "eval" / "auroc_digits_n30.md").read_text().count("|") > 20
+    page = (tmp_path / "eval" / "report_digits_3.html").read_text()  # one page per class, with labels
+    assert "class 3 from 30 samples" in page and "AUROC" in page and "<script" not in page
 
 
 def test_compare_on_identical_draws(tmp_path):

@@ -194,14 +194,17 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from corel.experiments.datasets import load_dataset
     from corel.experiments.reports import protocol_markdown
-    from corel.experiments.workflows import evaluate_backbone
+    from corel.experiments.workflows import class_reports, encode_splits, evaluate_backbone
 
     backbone = _backbone(args.backbone)
     data = load_dataset(args.data, args.data_dir, download=args.download)
+    codes = encode_splits(backbone, data)
     results = evaluate_backbone(backbone, data, args.out, ns=args.n, draws=args.draws, seed=args.seed,
-                                radius=args.radius, progress=not args.quiet)
+                                radius=args.radius, progress=not args.quiet, codes=codes)
     for result in results.values():
         print(protocol_markdown(result))
+    if args.report:
+        class_reports(backbone, data, args.out, n=args.n[0], seed=args.seed, radius=args.radius, codes=codes)
     print(f"reports written to {args.out}")
     return 0
 
@@ -341,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--radius", type=_positive_float, default=None, help="ball radius (default: the backbone's eta)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="folder for CSV/JSON/Markdown/PNG reports")
+    p.add_argument("--report", action="store_true",
+                   help="also one HTML page per class (first draw, first n): images, scores, ROC curve and AUROC")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_evaluate)
 

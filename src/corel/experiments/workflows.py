@@ -98,6 +98,27 @@ def evaluate_backbone(backbone: Backbone, data: ImageData, out_dir: str | Path |
     return results
 
 
+def class_reports(backbone: Backbone, data: ImageData, out_dir: str | Path, *, n: int = 120, seed: int = 0,
+                  radius: float | None = None, codes: EncodedSplits | None = None) -> list[Path]:
+    """One HTML report per class (:func:`corel.experiments.reports.html`): the detector of the
+    protocol's first draw of n samples, the whole test split scored, the class as normal, so the
+    page shows the ROC curve and the AUROC.  Returns the pages' paths."""
+    from corel.experiments.protocol import draw_indices
+
+    codes = encode_splits(backbone, data) if codes is None else codes
+    pages = []
+    for c, name in enumerate(data.class_names):
+        chosen = draw_indices(data.y_train, c, n, 0, seed)
+        det = OneClassDetector(None, radius=radius or backbone.eta, metric=backbone.metric,
+                               branches=backbone.config.branches).fit(codes.train[chosen])
+        pages.append(reports.html(Path(out_dir) / f"report_{data.name}_{c}.html", det.score_samples(codes.test),
+                                  det.offset_, names=[f"test image {i} ({data.class_names[y]})"
+                                                      for i, y in enumerate(data.y_test)],
+                                  images=data.x_test, fitted=data.x_train[chosen], labels=data.y_test == c,
+                                  title=f"corel on {data.name}: class {name} from {n} samples (draw 0)"))
+    return pages
+
+
 def reproduce(name: str, out_dir: str | Path, data_dir: str | Path | None = None, *, eval_data_dir: str | Path | None = None,
               ns: tuple[int, ...] = (120,), draws: int = 5, seed: int = 0, model_config: AutoencoderConfig | None = None,
               config: TrainConfig = TrainConfig(), download: bool = True, progress: bool = True,
