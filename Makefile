@@ -1,4 +1,6 @@
 # Two entry points that set themselves up on a fresh machine: `make demo` and `make test`.
+# `make demo` fits a novelty detector on examples/ships/normal with the shipped backbone and scores
+# examples/ships/new; the CSV and the HTML report land in runs/demo.
 # torch==2.13.0 goes in first (the local CPU wheel), so the package's `torch>=2.1` adds nothing.
 PYTHON ?= python3
 VENV := .venv
@@ -15,7 +17,9 @@ $(STAMP): pyproject.toml setup.py src/corel/_native/kernels.c src/corel/_native/
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/corel demo
+	$(BIN)/corel fit examples/ships/normal --out runs/demo/ship.corel
+	$(BIN)/corel score runs/demo/ship.corel examples/ships/new --out runs/demo/scores.csv \
+		--report runs/demo/report.html --labels examples/ships/labels.csv
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
