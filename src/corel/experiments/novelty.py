@@ -22,7 +22,7 @@ from corel._io import load_checked, save_checked
 from corel.detection.backbone import Backbone, resolve_backbone
 from corel.detection.detector import OneClassDetector
 from corel.experiments import reports
-from corel.experiments.datasets.image_files import image_paths, iter_images, load_images
+from corel.experiments.datasets.image_files import image_paths, iter_images, load_images, read_images, unreadable
 
 FORMAT = "corel-model"
 VERSION = 1
@@ -71,17 +71,8 @@ def fit(source: str | os.PathLike, backbone: Backbone | str | os.PathLike = "cif
     model and the (name, reason) of the files that could not be read (an error when ``strict``)."""
     backbone = resolve_backbone(backbone, device or "cpu")
     size = _image_size(backbone)
-    failed: list[tuple[str, str]] = []
-    if Path(source).suffix.lower() == ".npz":
-        images, names = load_images(source, size, resize, return_names=True)
-    else:
-        decoded, names = [], []
-        for good, pixels, bad in iter_images(image_paths(source), size, resize):
-            decoded.append(pixels)
-            names += [str(p) for p in good]
-            failed += [(str(p), why) for p, why in bad]
-        _refuse_failures(failed, strict, len(names))
-        images = np.concatenate(decoded)
+    images, names, failed = read_images(source, size, resize)
+    _refuse_failures(failed, strict, len(names))
     if len(images) < 2:
         raise ValueError(f"need at least 2 readable images to fit, found {len(images)} in {source}")
     detector = OneClassDetector(backbone, radius=radius, contamination=contamination, device=device).fit(images)
@@ -90,9 +81,7 @@ def fit(source: str | os.PathLike, backbone: Backbone | str | os.PathLike = "cif
 
 def _refuse_failures(failed: list[tuple[str, str]], strict: bool, readable: int) -> None:
     if failed and (strict or readable == 0):
-        listed = "; ".join(f"{name} ({why})" for name, why in failed[:10])
-        more = f" and {len(failed) - 10} more" if len(failed) > 10 else ""
-        raise ValueError(f"{len(failed)} images could not be read: {listed}{more}")
+        raise ValueError(unreadable(failed, len(failed) + readable))
 
 
 @dataclass

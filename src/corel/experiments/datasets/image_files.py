@@ -338,6 +338,29 @@ def _npz_images(path: Path, size: int, resize: str) -> tuple[np.ndarray, list[st
     return images, [f"{path}[{i}]" for i in range(len(images))]
 
 
+def read_images(source: str | os.PathLike, image_size: int = 32, resize: str = "bilinear"
+                ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+    """The readable images of ``source`` (see :func:`load_images`) as (N, 3, size, size) uint8, their
+    names, and the (name, reason) of the files that could not be read."""
+    source = Path(source)
+    if source.suffix.lower() == ".npz" and source.is_file():
+        images, names = _npz_images(source, image_size, resize)
+        return images, names, []
+    decoded, names, failed = [], [], []
+    for good, pixels, bad in iter_images(image_paths(source), image_size, resize):
+        decoded.append(pixels)
+        names += [str(p) for p in good]
+        failed += [(str(p), why) for p, why in bad]
+    return np.concatenate(decoded), names, failed
+
+
+def unreadable(failed: list[tuple[str, str]], total: int) -> str:
+    """The message for files that could not be read: how many, and the first ten with the reason."""
+    listed = "; ".join(f"{name} ({why})" for name, why in failed[:10])
+    more = f" and {len(failed) - 10} more" if len(failed) > 10 else ""
+    return f"{len(failed)} of {total} images could not be read: {listed}{more}"
+
+
 def load_images(source: str | os.PathLike, image_size: int = 32, resize: str = "bilinear", *,
                 errors: str = "raise", return_names: bool = False):
     """Images to fit or score a detector on: (N, 3, image_size, image_size) uint8.
@@ -349,16 +372,9 @@ def load_images(source: str | os.PathLike, image_size: int = 32, resize: str = "
     """
     if errors not in ("raise", "skip"):
         raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
-    source = Path(source)
-    if source.suffix.lower() == ".npz" and source.is_file():
-        images, names = _npz_images(source, image_size, resize)
-    else:
-        parts = list(iter_images(image_paths(source), image_size, resize, chunk=1 << 30))
-        names, images, failed = parts[0]
-        if failed and errors == "raise":
-            listed = "; ".join(f"{p} ({why})" for p, why in failed[:10])
-            raise ValueError(f"{len(failed)} of {len(failed) + len(names)} images could not be read: {listed}")
-        names = [str(p) for p in names]
+    images, names, failed = read_images(source, image_size, resize)
+    if failed and (errors == "raise" or not names):
+        raise ValueError(unreadable(failed, len(failed) + len(names)))
     if len(images) == 0:
         raise ValueError(f"no readable images in {source}")
     return (images, names) if return_names else images
