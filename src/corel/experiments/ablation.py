@@ -144,7 +144,8 @@ def write_report(out_dir: str | Path, data: str, n_ref: int = REFERENCE_N) -> Pa
     missing = sum(row.count("-") for row in table)
     lines = [f"# Ablation on {data}: mean one-class AUROC x 100 (n = {n_ref}, radius = eta)", ""]
     if missing:
-        lines += [f"Partial: {missing} of {len(layouts) * len(lams)} cells of this table are not finished.", ""]
+        lines += [f"Partial: {missing} of {len(layouts) * len(lams)} cells of this table are not finished "
+                  "(not asked for yet, or still running elsewhere).", ""]
     lines.append(reports.markdown_table(["branches x dims"] + [f"lambda {lam:g}" for lam in lams], table))
     # each table ends with a newline: joined by newlines, they are separated by one blank line
     radius_rows = sorted((r for r in rows if r["n"] == n_ref), key=lambda r: (r["run"], r["radius"]))

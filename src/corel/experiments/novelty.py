@@ -120,11 +120,10 @@ def score(model: NoveltyModel, source: str | os.PathLike, *, chunk: int = 1000, 
                     index = len(scores)
                     scores.append(float(value))
                     for heap, key in ((lowest, -value), (highest, value)):
-                        item = (key, -index, image)
-                        if len(heap) < keep:
-                            heapq.heappush(heap, item)
-                        elif item[:2] > heap[0][:2]:
-                            heapq.heapreplace(heap, item)
+                        if len(heap) < keep or (key, -index) > heap[0][:2]:
+                            # a copy: a view would keep its whole chunk of images alive
+                            item = (key, -index, image.copy())
+                            (heapq.heappush if len(heap) < keep else heapq.heapreplace)(heap, item)
                 names += [str(p) for p in good]
             bar.update(len(good) + len(bad))
     _refuse_failures(failed, strict, len(scores))
