@@ -10,12 +10,13 @@ from corel.experiments.protocol import CellStore, cell_seed, draw_indices, evalu
 from corel.experiments.reports import protocol_markdown, write_protocol
 
 
-def _codes():
+def _codes(spread: float = 3.0, shape: tuple[int, int] = (2, 3), per_class: int = 30):
+    """Codes of 3 classes around random centres: x_train, y_train (per_class each), x_test, y_test (20 each)."""
     rng = np.random.default_rng(0)
-    centres = rng.normal(0, 3, size=(3, 2, 3))
-    y_train, y_test = np.repeat(np.arange(3), 30), np.repeat(np.arange(3), 20)
-    x_train = (centres[y_train] + rng.normal(size=(90, 2, 3))).astype(np.float32)
-    x_test = (centres[y_test] + rng.normal(size=(60, 2, 3))).astype(np.float32)
+    centres = rng.normal(0, spread, size=(3, *shape))
+    y_train, y_test = np.repeat(np.arange(3), per_class), np.repeat(np.arange(3), 20)
+    x_train = (centres[y_train] + rng.normal(size=(3 * per_class, *shape))).astype(np.float32)
+    x_test = (centres[y_test] + rng.normal(size=(60, *shape))).astype(np.float32)
     return x_train, y_train, x_test, y_test
 
 
@@ -102,11 +103,7 @@ def test_cell_store_writes_its_key(tmp_path):
 
 
 def test_protocol_on_synthetic_data_with_known_answer():
-    rng = np.random.default_rng(0)
-    centres = rng.normal(0, 10, size=(3, 4, 5))
-    y_train, y_test = np.repeat(np.arange(3), 50), np.repeat(np.arange(3), 20)
-    x_train = (centres[y_train] + rng.normal(size=(150, 4, 5))).astype(np.float32)
-    x_test = (centres[y_test] + rng.normal(size=(60, 4, 5))).astype(np.float32)
+    x_train, y_train, x_test, y_test = _codes(spread=10.0, shape=(4, 5), per_class=50)
     result = evaluate(lambda _seed: OneClassDetector(None, radius=4.0, branches=4), x_train, y_train, x_test, y_test,
                       n=20, draws=2, progress=False)
     assert result.auroc.shape == (3, 2) and result.mean > 99

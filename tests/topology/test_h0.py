@@ -27,21 +27,27 @@ def gudhi_deaths(dist: np.ndarray) -> np.ndarray:
     return np.sort([d for dim, (b, d) in pairs if dim == 0 and math.isfinite(d)])
 
 
-def is_spanning_tree(edges: np.ndarray, n: int) -> bool:
+def joiner(n: int):
+    """Union-find over n vertices: join(i, j) merges their components, False if already one."""
     parent = list(range(n))
 
-    def find(a):
+    def find(a: int) -> int:
         while parent[a] != a:
             parent[a] = parent[parent[a]]
             a = parent[a]
         return a
 
-    for i, j in edges:
+    def join(i: int, j: int) -> bool:
         ri, rj = find(int(i)), find(int(j))
-        if ri == rj:
-            return False
         parent[ri] = rj
-    return len(edges) == n - 1
+        return ri != rj
+
+    return join
+
+
+def is_spanning_tree(edges: np.ndarray, n: int) -> bool:
+    join = joiner(n)
+    return all(join(i, j) for i, j in edges) and len(edges) == n - 1
 
 
 @pytest.mark.parametrize("metric, scipy_metric", METRICS)
@@ -140,21 +146,8 @@ def test_cuda_agrees_with_cpu(rng, metric):
 def canonical_tree(x: np.ndarray, scipy_metric: dict) -> list[tuple[int, int]]:
     """Oracle: Kruskal over scipy's distances in (length, i, j) order, the definition of the tree."""
     dist = cdist(x, x, **scipy_metric)
-    n = len(x)
-    parent = list(range(n))
-
-    def find(a):
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    tree = []
-    for w, i, j in sorted((dist[i, j], i, j) for i in range(n) for j in range(i + 1, n)):
-        if find(i) != find(j):
-            parent[find(i)] = find(j)
-            tree.append((i, j))
-    return tree
+    n, join = len(x), joiner(len(x))
+    return [(i, j) for _, i, j in sorted((dist[i, j], i, j) for i in range(n) for j in range(i + 1, n)) if join(i, j)]
 
 
 def _clouds(rng) -> dict[str, np.ndarray]:
