@@ -129,16 +129,19 @@ def save_checked(payload: dict, path: str | os.PathLike, *, format: str, version
                        "payload": payload}, path)
 
 
-def load_checked(path: str | os.PathLike, *, format: str, version: int, what: str) -> dict:
+def load_checked(path: str | os.PathLike, *, format: str, version: int, what: str, older: str = "") -> dict:
     """The payload of a file written by :func:`save_checked`, after checking its format, version
-    and checksum; a file of another format, a newer version or changed content raises ValueError."""
+    and checksum; a file of another format, another version or changed content raises ValueError
+    (``older``: what to do with a file of an earlier version, added to that message)."""
     blob = safe_torch_load(path, what)
     if not isinstance(blob, dict) or blob.get("format") != format:
         raise ValueError(f"{path} is not a {what} (expected format {format!r})")
     stored = blob.get("version")
     if stored != version:
+        advice = older if isinstance(stored, int) and stored < version and older else \
+            "recreate it with this version of corel"
         raise ValueError(f"{path} is a {what} of format version {stored}; this corel reads version {version} "
-                         "only: recreate it with this version of corel")
+                         f"only: {advice}")
     payload = blob.get("payload")
     if not isinstance(payload, dict):
         raise ValueError(f"{path}: the {what} has no payload")

@@ -98,7 +98,9 @@ class Backbone:
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "Backbone":
         """Reads a file written by :meth:`save`; a damaged or foreign file raises ValueError."""
-        content = load_checked(path, format=FORMAT, version=VERSION, what="corel backbone file")
+        content = load_checked(path, format=FORMAT, version=VERSION, what="corel backbone file",
+                               older="corel 0.1 wrote it; pass its run's checkpoints/last.ckpt instead, which "
+                                     "corel reads (e.g. corel evaluate --backbone run/checkpoints/last.ckpt)")
         return cls.from_dict(content, device, where=str(path))
 
 
