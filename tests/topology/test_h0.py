@@ -320,6 +320,15 @@ def test_torchph_distance_matrix_reads_the_lower_triangle():
     assert lower.grad.tolist() == [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_negative_zero_distances_tie_with_zero(dtype):
+    dist = torch.zeros(3, 3, dtype=dtype)  # three duplicates: (0, 1) and (0, 2) come first among equals
+    signed = dist.clone()
+    signed[1, 2] = signed[2, 1] = -0.0  # equal to 0.0, so it must not jump the queue
+    for backend in ("native", "torch"):
+        assert h0_persistence_from_distances(signed, backend=backend).edges.tolist() == [[0, 1], [0, 2]]
+
+
 def test_bad_distance_matrix_raises():
     with pytest.raises(ValueError, match="symmetric"):
         h0_persistence_from_distances(torch.tensor([[0.0, 1.0], [2.0, 0.0]]))

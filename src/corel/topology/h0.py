@@ -129,7 +129,8 @@ def h0_persistence_from_distances(dist: Tensor, *, backend: str = "auto") -> H0:
         return _empty(dist.shape[:-2], dist)
     flat = dist.reshape(-1, n, n)
     with torch.no_grad():
-        edges = _tree(_work(flat.detach()), None, engine)
+        # + 0.0 turns -0.0 into 0.0: the engines order lengths by their bits, where -0.0 would come first
+        edges = _tree(_work(flat.detach()) + 0.0, None, engine)
     deaths = flat[torch.arange(flat.shape[0], device=dist.device)[:, None], edges[..., 0], edges[..., 1]]
     deaths, edges = _ordered(deaths, edges, n)
     return H0(deaths.reshape(*batch, n - 1), edges.reshape(*batch, n - 1, 2))
