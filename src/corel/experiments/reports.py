@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -119,14 +118,6 @@ def write_densification(result: Any, out_dir: str | Path, params: dict[str, Any]
     write_csv(out / "densification.csv", list(records[0]), [list(r.values()) for r in records])
     write_json(out / "densification.json", {**params, "rows": records})
     plot_densification(result, out / "densification.png")
-
-
-def read_json(path: str | Path) -> Any:
-    """A JSON file written by these functions; ValueError naming the file when it does not parse."""
-    try:
-        return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from e
 
 
 # ----------------------------------------------------------------------------- novelty reports

@@ -55,9 +55,6 @@ class _Packed:
     def of(self, w: Tensor, eid: Tensor) -> Tensor:
         return (w.contiguous().view(torch.int32).to(torch.int64) << 32) | eid
 
-    def matrix(self, dist: Tensor, eid: Tensor) -> Tensor:
-        return self.of(dist, eid)
-
     def segment_min(self, comp: Tensor, keys: Tensor) -> Tensor:
         return torch.full_like(keys, self.none).scatter_reduce_(1, comp, keys, "amin")
 
@@ -140,7 +137,7 @@ def minimum_spanning_tree(data: Tensor, p: float | None) -> Tensor:
     if whole:
         dist = data if p is None else torch.cdist(data, data, p=p, compute_mode="donot_use_mm_for_euclid_dist")
         if packed:  # one int64 matrix: every round is then a masked minimum over it
-            matrix = keys_of.matrix(dist, _pair_ids(idx, idx, n))
+            matrix = keys_of.of(dist, _pair_ids(idx, idx, n))
             dist = None  # only the keys are read from here on
     tile = max(1, TILE_ELEMENTS // max(1, b * n))
 
