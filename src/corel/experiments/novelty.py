@@ -13,7 +13,6 @@ import heapq
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -22,7 +21,7 @@ from corel._io import load_checked, save_checked
 from corel.detection.backbone import Backbone, resolve_backbone
 from corel.detection.detector import OneClassDetector
 from corel.experiments import reports
-from corel.experiments.datasets.image_files import image_paths, iter_images, load_images, read_images, unreadable
+from corel.experiments.datasets.image_files import iter_source, read_images, unreadable
 
 FORMAT = "corel-model"
 VERSION = 1
@@ -101,19 +100,13 @@ def score(model: NoveltyModel, source: str | os.PathLike, *, chunk: int = 1000, 
     from tqdm.auto import tqdm
 
     det = model.detector
-    if Path(source).suffix.lower() == ".npz":
-        images, names = load_images(source, model.image_size, model.resize, return_names=True)
-        chunks: Iterator = iter([(names, images, [])])
-        total = len(names)
-    else:
-        paths = image_paths(source)
-        chunks, total = iter_images(paths, model.image_size, model.resize, chunk), len(paths)
+    total, chunks = iter_source(source, model.image_size, model.resize, chunk)
     names, scores, failed = [], [], []
     lowest: list = []  # heaps of (key, index, image): the most novel and the most normal
     highest: list = []
     with tqdm(total=total, unit="img", desc="scoring", disable=not progress, leave=False) as bar:
         for good, pixels, bad in chunks:
-            failed += [(str(p), why) for p, why in bad]
+            failed += bad
             if len(pixels):
                 values = det.score_samples(pixels)
                 for value, image in zip(values, pixels):
@@ -124,7 +117,7 @@ def score(model: NoveltyModel, source: str | os.PathLike, *, chunk: int = 1000, 
                             # a copy: a view would keep its whole chunk of images alive
                             item = (key, -index, image.copy())
                             (heapq.heappush if len(heap) < keep else heapq.heapreplace)(heap, item)
-                names += [str(p) for p in good]
+                names += good
             bar.update(len(good) + len(bad))
     _refuse_failures(failed, strict, len(scores))
     extremes = {-i: img for _, i, img in lowest + highest}

@@ -338,19 +338,30 @@ def _npz_images(path: Path, size: int, resize: str) -> tuple[np.ndarray, list[st
     return images, [f"{path}[{i}]" for i in range(len(images))]
 
 
+def iter_source(source: str | os.PathLike, image_size: int = 32, resize: str = "bilinear", chunk: int = 1000
+                ) -> tuple[int, Iterator[tuple[list[str], np.ndarray, list[tuple[str, str]]]]]:
+    """The images of ``source`` (see :func:`load_images`) ``chunk`` at a time: (how many there are,
+    an iterator of (names, (k, 3, size, size) uint8 images, (name, reason) of unreadable files)).
+    An .npz is read whole, as one chunk."""
+    source = Path(source)
+    if source.suffix.lower() == ".npz" and source.is_file():
+        images, names = _npz_images(source, image_size, resize)
+        return len(names), iter([(names, images, [])])
+    paths = image_paths(source)
+    chunks = (([str(p) for p in good], pixels, [(str(p), why) for p, why in bad])
+              for good, pixels, bad in iter_images(paths, image_size, resize, chunk))
+    return len(paths), chunks
+
+
 def read_images(source: str | os.PathLike, image_size: int = 32, resize: str = "bilinear"
                 ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
     """The readable images of ``source`` (see :func:`load_images`) as (N, 3, size, size) uint8, their
     names, and the (name, reason) of the files that could not be read."""
-    source = Path(source)
-    if source.suffix.lower() == ".npz" and source.is_file():
-        images, names = _npz_images(source, image_size, resize)
-        return images, names, []
     decoded, names, failed = [], [], []
-    for good, pixels, bad in iter_images(image_paths(source), image_size, resize):
+    for good, pixels, bad in iter_source(source, image_size, resize)[1]:
         decoded.append(pixels)
-        names += [str(p) for p in good]
-        failed += [(str(p), why) for p, why in bad]
+        names += good
+        failed += bad
     return np.concatenate(decoded), names, failed
 
 
