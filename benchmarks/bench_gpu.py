@@ -9,7 +9,9 @@ One line per case, milliseconds, median of repeats, forward + backward:
   torchph      the paper's CUDA library, when importable (the checkout's .anchors/torchph, built on
                first use: copy ../shared/anchors/torchph there and carry it)
   cdist        torch.cdist alone on the GPU, the floor of any engine
-and whether the GPU's tree equals the CPU's (deaths and edges).  Then the autoencoder's training
+and whether the GPU's tree equals the CPU's (deaths and edges).  Before those, Borůvka's two
+schedules side by side (fixed rounds, neighbour lists, lists with exact l2 rows) for n = 500 to
+5,000, to place boruvka.LIST_MIN_POINTS.  Then the autoencoder's training
 step at lambda = 20 and 0, and one epoch of CIFAR-10-sized random images through
 ``corel train --accelerator gpu``.  Cases predicted to overrun --budget seconds are skipped, and
 said so.  Without CUDA only the CPU columns run.
@@ -18,6 +20,7 @@ said so.  Without CUDA only the CPU columns run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -31,7 +34,7 @@ import torch
 
 from bench_training import loss_time, step_time
 from corel import h0_persistence
-from corel.topology.boruvka import rounds, whole_matrix_fits
+from corel.topology import boruvka
 from timing import timed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +43,7 @@ CLOUD_CASES = [(1000, "l1"), (2000, "l1"), (5000, "l1"), (20000, "l1"), (20000, 
                (50000, "l2"), (100000, "l1"), (100000, "l2")]
 CPU_MAX_POINTS = 20000
 D = 160
+SCHEDULE_POINTS = (500, 1000, 2000, 5000)
 
 
 def _torchph():
@@ -101,16 +105,13 @@ def loss_cases(pershom, cuda: bool, results: list) -> None:
         results.append(row)
 
 
-def _predicted(n: int, metric: str, measured: dict, device: torch.device) -> float | None:
+def _predicted(n: int, metric: str, measured: dict) -> float | None:
     """Seconds a cloud case should take, from the largest smaller case of the same metric."""
     smaller = [(m, t) for (m, met), t in measured.items() if met == metric and m < n]
     if not smaller:
         return None
     m, t = max(smaller)
-    factor = (n / m) ** 2
-    if not whole_matrix_fits(1, n, device):
-        factor *= rounds(n)  # row tiles: the distances are recomputed every round
-    return t * factor
+    return t * (n / m) ** 2  # one scan of all pairs; the neighbour lists make the rounds cheap
 
 
 def cloud_cases(pershom, cuda: bool, budget: float, start: float, results: list) -> None:
@@ -121,8 +122,7 @@ def cloud_cases(pershom, cuda: bool, budget: float, start: float, results: list)
     for n, metric in CLOUD_CASES:
         x = torch.randn(n, D, generator=gen)
         row: dict = {"case": f"n={n} {metric}"}
-        device = torch.device("cuda" if cuda else "cpu")
-        guess = _predicted(n, metric, measured, device)
+        guess = _predicted(n, metric, measured)
         if guess is not None and time.perf_counter() - start + 3 * guess > budget:
             print(f"{row['case']:<28} skipped: predicted {guess:.0f} s per run, over the budget", flush=True)
             row["skipped_predicted_s"] = guess
@@ -162,6 +162,38 @@ def cloud_cases(pershom, cuda: bool, budget: float, start: float, results: list)
               f"{fmt.get('corel_cpu', '-'):>10} {fmt.get('torchph', '-'):>12} {str(row.get('same_tree', '-')):>9}",
               flush=True)
         results.append(row)
+
+
+@contextlib.contextmanager
+def _schedule(lists: bool, screen: bool = True):
+    """Borůvka on the fixed rounds or the neighbour lists, l2 screened or exact, whatever n is."""
+    saved = boruvka.LIST_MIN_POINTS, boruvka.SCREEN_MIN_DIM
+    boruvka.LIST_MIN_POINTS = 0 if lists else 1 << 62
+    boruvka.SCREEN_MIN_DIM = boruvka.SCREEN_MIN_DIM if screen else 1 << 62
+    try:
+        yield
+    finally:
+        boruvka.LIST_MIN_POINTS, boruvka.SCREEN_MIN_DIM = saved
+
+
+def schedule_cases(cuda: bool, results: list) -> None:
+    """Where the neighbour lists start to pay (boruvka.LIST_MIN_POINTS) and what the l2 screening
+    saves: forward only, backend "torch" on the GPU (or on this CPU without one)."""
+    device = "cuda" if cuda else "cpu"
+    print(f"\n{'Borůvka schedules (' + device + '), d=160':<28} {'fixed':>10} {'lists':>10} {'lists, l2 exact':>16}")
+    gen = torch.Generator().manual_seed(1)
+    for n in (SCHEDULE_POINTS if cuda else SCHEDULE_POINTS[:2]):
+        for metric in ("l1", "l2"):
+            x = torch.randn(n, D, generator=gen).to(device)
+            row = {"case": f"schedule n={n} {metric} {device}"}
+            for name, lists, screen in (("fixed", False, True), ("lists", True, True), ("lists_exact", True, False)):
+                if name == "lists_exact" and metric != "l2":
+                    continue
+                with _schedule(lists, screen):
+                    row[name] = timed(lambda: h0_persistence(x, metric, backend="torch"), 3, cuda=cuda)[0]
+            print(f"{row['case']:<28} {_ms(row['fixed']):>10} {_ms(row['lists']):>10} {_ms(row.get('lists_exact')):>16}",
+                  flush=True)
+            results.append(row)
 
 
 def training_cases(results: list, images: int) -> None:
@@ -206,6 +238,7 @@ def main() -> None:
     pershom = None if args.no_torchph else _torchph()
     results: list = []
     loss_cases(pershom, cuda, results)
+    schedule_cases(cuda, results)
     cloud_cases(pershom, cuda, args.budget - (60 if cuda else 0), start, results)
     if cuda:
         training_cases(results, args.epoch_images)

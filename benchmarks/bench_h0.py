@@ -1,7 +1,8 @@
 """0-dim Vietoris-Rips persistence: corel next to torch.cdist (the floor) and its peers, in one run.
 
 Same inputs for every engine (standard normal clouds, float32 for torch, float64 where a peer needs
-it).  Prints the median wall time of each and the ratios corel / cdist and peer / corel.
+it).  Prints the median wall time of each and the ratios corel / cdist and peer / corel; corel is
+the default CPU engine (the compiled Prim), "torch" corel's device-agnostic Borůvka on this CPU.
     python benchmarks/bench_h0.py [--sizes 100,1000,5000] [--repeats 5] [--large]
 --large adds one 50,000 x 160 cloud (corel only: no n x n matrix fits comfortably).
 """
@@ -61,7 +62,7 @@ def main() -> None:
     parser.add_argument("--large", action="store_true")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'n':>6} {'d':>4} {'metric':>6} {'corel ms':>9} {'cdist ms':>9} {'corel/cdist':>11}  peers (ms, peer/corel)")
+    print(f"{'n':>6} {'d':>4} {'metric':>6} {'corel ms':>9} {'cdist ms':>9} {'corel/cdist':>11} {'torch ms':>9} {'torch/cdist':>11}  peers (ms, peer/corel)")
     gen = torch.Generator().manual_seed(0)
     for n in map(int, args.sizes.split(",")):
         for d in map(int, args.dims.split(",")):
@@ -70,6 +71,7 @@ def main() -> None:
                 p = 1.0 if metric == "l1" else 2.0
                 t_corel, _ = timed(lambda: h0_persistence(x, metric), args.repeats)
                 t_cdist, _ = timed(lambda: torch.cdist(x, x, p=p), args.repeats)
+                t_torch, _ = timed(lambda: h0_persistence(x, metric, backend="torch"), args.repeats)
                 cells = []
                 for name, fn in peers(x.double().numpy(), metric).items():
                     if n > PEER_MAX_N[name]:
@@ -77,7 +79,8 @@ def main() -> None:
                     t, _ = timed(fn, 1 if n >= 5000 else args.repeats)
                     cells.append(f"{name} {t * 1e3:.1f} ({t / t_corel:.0f}x)")
                 print(f"{n:>6} {d:>4} {metric:>6} {t_corel * 1e3:>9.2f} {t_cdist * 1e3:>9.2f} "
-                      f"{t_corel / t_cdist:>11.2f}  " + ", ".join(cells), flush=True)
+                      f"{t_corel / t_cdist:>11.2f} {t_torch * 1e3:>9.2f} {t_torch / t_cdist:>11.2f}  "
+                      + ", ".join(cells), flush=True)
 
     z = torch.randn(100, 160, generator=gen, requires_grad=True)
     loss = ConnectivityLoss(eta=2.0, branches=16)

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy.spatial.distance import cdist
 
 # corel's metric and scipy's cdist arguments for the same metric (the oracle's)
 METRICS = [("l1", {"metric": "cityblock"}), ("l2", {"metric": "euclidean"}),
@@ -18,6 +19,31 @@ SHARED_DATA = Path(os.environ.get("COREL_SHARED_DATA", Path(__file__).resolve().
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def joiner(n: int):
+    """Union-find over n vertices: join(i, j) merges their components, False if already one."""
+    parent = list(range(n))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    def join(i: int, j: int) -> bool:
+        ri, rj = find(int(i)), find(int(j))
+        parent[ri] = rj
+        return ri != rj
+
+    return join
+
+
+def canonical_tree(x: np.ndarray, scipy_metric: dict) -> list[tuple[int, int]]:
+    """Oracle: Kruskal over scipy's distances in (length, i, j) order, the definition of the tree."""
+    dist = cdist(x, x, **scipy_metric)
+    n, join = len(x), joiner(len(x))
+    return [(i, j) for _, i, j in sorted((dist[i, j], i, j) for i in range(n) for j in range(i + 1, n)) if join(i, j)]
 
 
 def pytest_configure(config):

@@ -11,7 +11,7 @@ from scipy.sparse.csgraph import minimum_spanning_tree
 from scipy.spatial.distance import cdist
 
 import corel.pershom as pershom
-from conftest import METRICS
+from conftest import METRICS, canonical_tree, joiner
 from corel import h0_persistence, h0_persistence_from_distances, rips_persistence
 
 
@@ -25,24 +25,6 @@ def gudhi_deaths(dist: np.ndarray) -> np.ndarray:
     tree = gudhi.RipsComplex(distance_matrix=dist).create_simplex_tree(max_dimension=1)
     pairs = tree.persistence(min_persistence=-1)  # -1 keeps zero-length bars
     return np.sort([d for dim, (b, d) in pairs if dim == 0 and math.isfinite(d)])
-
-
-def joiner(n: int):
-    """Union-find over n vertices: join(i, j) merges their components, False if already one."""
-    parent = list(range(n))
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    def join(i: int, j: int) -> bool:
-        ri, rj = find(int(i)), find(int(j))
-        parent[ri] = rj
-        return ri != rj
-
-    return join
 
 
 def is_spanning_tree(edges: np.ndarray, n: int) -> bool:
@@ -141,13 +123,6 @@ def test_cuda_agrees_with_cpu(rng, metric):
 
 
 # ----------------------------------------------------------------------------- engines, ties, scales
-
-
-def canonical_tree(x: np.ndarray, scipy_metric: dict) -> list[tuple[int, int]]:
-    """Oracle: Kruskal over scipy's distances in (length, i, j) order, the definition of the tree."""
-    dist = cdist(x, x, **scipy_metric)
-    n, join = len(x), joiner(len(x))
-    return [(i, j) for _, i, j in sorted((dist[i, j], i, j) for i in range(n) for j in range(i + 1, n)) if join(i, j)]
 
 
 def _clouds(rng) -> dict[str, np.ndarray]:
@@ -262,21 +237,6 @@ def test_torch_engine_issues_few_operations():
     loss_sized = _top_level_ops(torch.randn(16, 100, 10))
     assert loss_sized <= 250
     assert _top_level_ops(torch.randn(1, 2000, 10)) <= 3 * _top_level_ops(torch.randn(1, 100, 10))
-
-
-def test_torch_engine_in_row_tiles(rng, monkeypatch):
-    """Beyond the whole-matrix budget the distances are recomputed in row tiles: same tree."""
-    from corel.topology import boruvka
-
-    x = torch.from_numpy(rng.integers(0, 4, size=(2, 300, 3)).astype(np.float32))
-    for dtype in (torch.float32, torch.float64):
-        whole = h0_persistence(x.to(dtype), "l1", backend="torch")
-        monkeypatch.setattr(boruvka, "FULL_MATRIX_ELEMENTS", 0)
-        monkeypatch.setattr(boruvka, "TILE_ELEMENTS", 2 * 300 * 37)  # tiles of 37 rows
-        tiled = h0_persistence(x.to(dtype), "l1", backend="torch")
-        monkeypatch.undo()
-        assert torch.equal(whole.edges, tiled.edges) and torch.equal(whole.deaths, tiled.deaths)
-        assert torch.equal(whole.edges, h0_persistence(x.to(dtype), "l1", backend="native").edges)
 
 
 def test_single_point_gives_empty_result():

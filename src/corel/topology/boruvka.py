@@ -2,35 +2,56 @@
 
 Every round, each component takes its lightest edge to another component and the components
 joined by those edges merge (pointer jumping).  Every component merges with at least one other,
-so c components become at most floor(c / 2): floor(log2 n) rounds always suffice, and they run
-that fixed number of times with no host synchronisation, on every cloud of the batch at once.  Edges are ordered by (length,
-smaller index, larger index), a strict total order: the tree is unique and the same as the
-compiled Prim's (``corel._native``).
+so c components become at most floor(c / 2): floor(log2 n) rounds always suffice.  Edges are
+ordered by (length, smaller index, larger index), a strict total order: the tree is unique and the
+same as the compiled Prim's (``corel._native``).
 
-Distances come from one (B, n, n) matrix while it fits (:func:`whole_matrix_fits`: on a GPU half of
-its free memory, elsewhere :data:`FULL_MATRIX_ELEMENTS` entries); beyond, each round recomputes
-them in row tiles of at most :data:`TILE_ELEMENTS` entries, so memory stays O(n x tile) and
-100,000 points fit.  For float32 with n <= 65,536 an edge's length bits and its
-index pair are packed into one int64, so one reduction orders by both; otherwise the two are
-reduced one after the other.
+Two schedules share that round:
+
+* **Fixed rounds** (clouds under :data:`LIST_MIN_POINTS` points whose (B, n, n) matrix fits, as
+  in the connectivity loss): every round is a masked minimum over the whole matrix, run floor(log2 n)
+  times with no host synchronisation, on every cloud of the batch at once.  For float32 an edge's
+  length bits and its index pair are packed into one int64, so one reduction orders by both.
+* **Neighbour lists** (larger clouds): one scan gives every vertex its lightest edge and a list of
+  its :data:`LIST_LENGTH` nearest vertices outside its component.  Components only grow, so in
+  later rounds a vertex's lightest edge is the first list entry still outside, certain while it
+  is shorter than everything beyond the list; a vertex is scanned again only when its list is used
+  up *and* what lies beyond it could still beat its component's lightest edge.  A round then costs
+  O(n x list) plus the few rescans, not O(n^2).  Rows come from one matrix while it fits
+  (:func:`whole_matrix_fits`), else they are recomputed in row tiles (memory O(n x tile)), so
+  100,000 points fit.  For l2 in dimension >= :data:`SCREEN_MIN_DIM` the rows are squared lengths
+  from the matmul expansion |x|^2 + |y|^2 - 2 x.y (the fast path of ``torch.cdist``), used only to
+  *screen*: the listed candidates get exact lengths, and a proven bound on the expansion's
+  rounding decides whether anything beyond the list could be shorter; where it could, the row is
+  recomputed exactly.  The tree is therefore always the exact one; the expansion only saves work.
+  This schedule synchronises with the host once or twice per round (to gather the rows to rescan).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Iterator
 
 import torch
 from torch import Tensor
 
-# Off the GPU, one (B, n, n) distance matrix (and its packed keys) up to this many entries; then
-# row tiles of at most TILE_ELEMENTS entries.
+# Off the GPU, one (B, n, n) distance matrix up to this many entries; then row tiles of at most
+# TILE_ELEMENTS entries.
 FULL_MATRIX_ELEMENTS = 1 << 24
 TILE_ELEMENTS = 1 << 24
-# Peak bytes per matrix entry of a round: distances (4) then int64 keys, their masked copy and the mask.
+# Clouds of at least this many points use the neighbour-list schedule.
+LIST_MIN_POINTS = 1024
+LIST_LENGTH = 16
+# l2 rows are screened through the matmul expansion from this dimension on (below it the exact
+# kernel costs about as much as the expansion).
+SCREEN_MIN_DIM = 32
+# Peak bytes per matrix entry of a fixed round: distances (4) then int64 keys, their masked copy
+# and the mask.
 _BYTES_PER_ENTRY = 21
 
 _MAX = torch.iinfo(torch.int64).max
 _LOW32 = 0xFFFFFFFF
+_EXACT = "donot_use_mm_for_euclid_dist"
 
 
 def rounds(n: int) -> int:
@@ -75,7 +96,7 @@ class _Packed:
 
 
 class _Pairs:
-    """Keys as (length, edge id) pairs, reduced one after the other (float64, or n > 65,536)."""
+    """Keys as (length, edge id) pairs, reduced one after the other (float64, n > 65,536, lists)."""
 
     def __init__(self, n: int):
         self.n = n
@@ -109,19 +130,36 @@ class _Pairs:
         return eid.gather(1, w.argsort(dim=1, stable=True))
 
 
-def whole_matrix_fits(b: int, n: int, device: torch.device) -> bool:
-    """Whether the rounds may keep one (b, n, n) matrix: on a GPU while it takes at most half of
-    the free memory (so n = 50,000 fits on an 80 GB card), elsewhere up to FULL_MATRIX_ELEMENTS."""
+def whole_matrix_fits(b: int, n: int, device: torch.device, bytes_per_entry: int = _BYTES_PER_ENTRY) -> bool:
+    """Whether a schedule may keep one (b, n, n) matrix: on a GPU while it takes at most half of
+    the free memory, elsewhere up to FULL_MATRIX_ELEMENTS entries."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return b * n * n * _BYTES_PER_ENTRY <= free // 2
+        return b * n * n * bytes_per_entry <= free // 2
     return b * n * n <= FULL_MATRIX_ELEMENTS
 
 
-def _pair_ids(rows: Tensor, cols: Tensor, n: int) -> Tensor:
-    """Edge ids min * n + max of the vertex pairs (rows[i], cols[j]) -> (len(rows), len(cols))."""
-    r, c = rows[:, None], cols[None, :]
-    return torch.minimum(r, c) * n + torch.maximum(r, c)
+def _edge_ids(i: Tensor, j: Tensor, n: int) -> Tensor:
+    """Edge ids min * n + max of the vertex pairs (i, j), broadcast."""
+    return torch.minimum(i, j) * n + torch.maximum(i, j)
+
+
+def _merge(comp: Tensor, lightest, keys_of, idx: Tensor, r: int):
+    """One round's merge: every component (slot ``comp`` labels) joins the one at the other end of
+    its lightest edge -> (the new labels (B, n), the keys of the edges that merged, once each).
+    ``idx`` is arange(n)."""
+    n = len(idx)
+    has_edge = keys_of.valid(lightest)
+    eid = keys_of.edge(lightest)
+    ends = comp.gather(1, eid // n) + comp.gather(1, eid % n)
+    parent = torch.where(has_edge, ends - idx, idx)  # the component at the edge's other end
+    # two components that chose each other chose the same edge: the smaller one stays a root
+    mutual = (parent.gather(1, parent) == idx) & (idx < parent)
+    parent = torch.where(mutual, idx, parent)
+    merged = keys_of.keep(parent != idx, lightest)
+    for _ in range(_jumps(n, r)):
+        parent = parent.gather(1, parent)
+    return parent.gather(1, comp), merged
 
 
 def minimum_spanning_tree(data: Tensor, p: float | None) -> Tensor:
@@ -129,49 +167,158 @@ def minimum_spanning_tree(data: Tensor, p: float | None) -> Tensor:
     matrices (B, n, n) when ``p`` is None -> edges (B, n-1, 2) int64 (i < j), ordered by (length,
     i, j).  ``data`` is finite, float32 or float64; no autograd."""
     b, n = data.shape[0], data.shape[1]
-    device = data.device
-    idx = torch.arange(n, device=device)
-    packed = data.dtype == torch.float32 and n <= 1 << 16
-    keys_of = _Packed(n) if packed else _Pairs(n)
-    whole = p is None or whole_matrix_fits(b, n, device)
-    if whole:
-        dist = data if p is None else torch.cdist(data, data, p=p, compute_mode="donot_use_mm_for_euclid_dist")
-        if packed:  # one int64 matrix: every round is then a masked minimum over it
-            matrix = keys_of.of(dist, _pair_ids(idx, idx, n))
-            dist = None  # only the keys are read from here on
-    tile = max(1, TILE_ELEMENTS // max(1, b * n))
+    if n < LIST_MIN_POINTS and (p is None or whole_matrix_fits(b, n, data.device)):
+        keys_of = _Packed(n) if data.dtype == torch.float32 else _Pairs(n)
+        chosen = _fixed_rounds(data, p, keys_of)
+    else:
+        keys_of = _Pairs(n)
+        chosen = _listed_rounds(_Rows(data, p), keys_of)
+    eid = keys_of.sorted_edges(keys_of.cat(chosen))[:, : n - 1]  # exactly n - 1 merges were recorded
+    return torch.stack([eid // n, eid % n], dim=-1)
 
-    def nearest_outside(comp: Tensor):
-        """Per vertex, the key of its lightest edge to another component (ties: smaller neighbour)."""
-        if whole and packed:
-            same = comp[:, :, None] == comp[:, None, :]
-            return matrix.masked_fill(same, keys_of.none).amin(dim=2)
-        ws, us = [], []
-        step = n if whole else tile
-        for start in range(0, n, step):
-            block = dist[:, start: start + step] if whole else torch.cdist(
-                data[:, start: start + step], data, p=p, compute_mode="donot_use_mm_for_euclid_dist")
-            same = comp[:, start: start + step, None] == comp[:, None, :]
-            w, u = block.masked_fill(same, math.inf).min(dim=2)  # the first minimum: the smaller neighbour
-            ws.append(w)
-            us.append(u)
-        w, u = torch.cat(ws, dim=1), torch.cat(us, dim=1)
-        return keys_of.of(w, torch.minimum(idx, u) * n + torch.maximum(idx, u))
 
+def _fixed_rounds(data: Tensor, p: float | None, keys_of) -> list:
+    """floor(log2 n) rounds over the whole (B, n, n) matrix, no host synchronisation."""
+    b, n = data.shape[0], data.shape[1]
+    idx = torch.arange(n, device=data.device)
+    dist = data if p is None else torch.cdist(data, data, p=p, compute_mode=_EXACT)
+    packed = isinstance(keys_of, _Packed)
+    if packed:  # one int64 matrix: every round is then a masked minimum over it
+        dist = keys_of.of(dist, _edge_ids(idx[:, None], idx, n))
     comp = idx.repeat(b, 1)  # each vertex's component, named by a vertex of it
     chosen = []
     for r in range(rounds(n)):
-        lightest = keys_of.segment_min(comp, nearest_outside(comp))  # per component slot
-        has_edge = keys_of.valid(lightest)
-        eid = keys_of.edge(lightest)
-        ends = comp.gather(1, eid // n) + comp.gather(1, eid % n)
-        parent = torch.where(has_edge, ends - idx, idx)  # the component at the edge's other end
-        # two components that chose each other chose the same edge: the smaller one stays a root
-        mutual = (parent.gather(1, parent) == idx) & (idx < parent)
-        parent = torch.where(mutual, idx, parent)
-        chosen.append(keys_of.keep(parent != idx, lightest))  # each merge's edge, once
-        for _ in range(_jumps(n, r)):
-            parent = parent.gather(1, parent)
-        comp = parent.gather(1, comp)
-    eid = keys_of.sorted_edges(keys_of.cat(chosen))[:, : n - 1]  # exactly n - 1 merges were recorded
-    return torch.stack([eid // n, eid % n], dim=-1)
+        same = comp[:, :, None] == comp[:, None, :]
+        if packed:
+            nearest = dist.masked_fill(same, keys_of.none).amin(dim=2)
+        else:  # the first minimum is the smaller neighbour, hence the smaller edge id
+            w, u = dist.masked_fill(same, math.inf).min(dim=2)
+            nearest = (w, _edge_ids(idx, u, n))
+        comp, merged = _merge(comp, keys_of.segment_min(comp, nearest), keys_of, idx, r)
+        chosen.append(merged)
+    return chosen
+
+
+def _listed_rounds(rows: "_Rows", keys_of: _Pairs) -> list:
+    """Borůvka rounds over neighbour lists; rows are scanned again only where they could matter."""
+    b, n = rows.b, rows.n
+    k = min(LIST_LENGTH, n)
+    device, dtype = rows.data.device, rows.data.dtype
+    idx = torch.arange(n, device=device)
+    comp = idx.repeat(b, 1)
+    listed = torch.zeros(b, n, k, dtype=torch.long, device=device)  # neighbours, by screened length
+    lengths = torch.full((b, n, k), math.inf, dtype=dtype, device=device)  # their exact lengths
+    beyond = torch.full((b, n), -math.inf, dtype=dtype, device=device)  # at most any unlisted length
+    chosen = []
+    for r in range(rounds(n)):
+        alive = (comp != comp[:, :1]).any(dim=1, keepdim=True)  # clouds of more than one component
+        if not alive.any():
+            break
+        outside = comp.gather(1, listed.view(b, -1)).view(b, n, k) != comp[:, :, None]
+        w = torch.where(outside, lengths, math.inf).amin(dim=2)
+        u = torch.where(outside & (lengths == w[..., None]), listed, n).amin(dim=2)
+        lightest = keys_of.segment_min(comp, (w, _edge_ids(idx, u, n)))
+        # a row is unsure when something beyond its list might beat its listed best; it matters
+        # only when that could also beat its component's lightest edge
+        rescan = alive & ~(w < beyond) & (beyond <= lightest[0].gather(1, comp))
+        flat = rescan.view(-1).nonzero()[:, 0]
+        if len(flat):
+            sw, su, slisted, slengths, sbeyond = rows.scan(flat, comp, k)
+            w.view(-1)[flat], u.view(-1)[flat] = sw, su
+            listed.view(-1, k)[flat], lengths.view(-1, k)[flat], beyond.view(-1)[flat] = slisted, slengths, sbeyond
+            lightest = keys_of.segment_min(comp, (w, _edge_ids(idx, u, n)))
+        comp, merged = _merge(comp, lightest, keys_of, idx, r)
+        chosen.append(merged)
+    return chosen
+
+
+def _input_rounding(x: Tensor) -> float:
+    """Unit roundoff of the matmul's inputs under torch's float32 precision setting for ``x``'s
+    device: TF32 keeps 10 mantissa bits, bfloat16 7; unknown settings count as bfloat16."""
+    if x.dtype == torch.float64:
+        return 2.0 ** -53
+    backend = {"cuda": torch.backends.cuda, "cpu": torch.backends.mkldnn}.get(x.device.type)
+    setting = getattr(getattr(backend, "matmul", None), "fp32_precision", "bf16")
+    return {"tf32": 2.0 ** -11, "bf16": 2.0 ** -8}.get(setting, 2.0 ** -24)
+
+
+class _Rows:
+    """The rows of the neighbour-list schedule: scans of vertices against whole clouds."""
+
+    def __init__(self, data: Tensor, p: float | None):
+        self.data, self.p = data, p
+        self.b, self.n, d = data.shape
+        self.screen = p == 2.0 and d >= SCREEN_MIN_DIM
+        if self.screen:
+            # Centred, the expansion's rounding error shrinks with the norms.  The bound
+            # |approx - exact squared length| <= slack per row covers the centring, both norms, the
+            # dot product of d terms (gamma_d) and the input rounding, with a factor 4 to spare.
+            self.centred = data - data.mean(dim=1, keepdim=True)
+            self.norms = self.centred.square().sum(dim=2)
+            u = torch.finfo(data.dtype).eps / 2
+            far = self.norms.amax(dim=1, keepdim=True)
+            self.slack = 4 * ((d + 10) * u + 2 * _input_rounding(data)) * (self.norms + far)
+            # exact lengths are sums of d rounded squares: relative error <= (d / 2 + 2) u
+            self.shrink = 1 - 4 * (d + 3) * u
+        self.matrix = None
+        if p is None:
+            self.matrix = data
+        elif whole_matrix_fits(self.b, self.n, data.device, data.element_size() + 1):
+            self.matrix = self._block(slice(None), slice(None))
+        self.tile = max(1, TILE_ELEMENTS // self.n)
+
+    def _block(self, cloud, rows) -> Tensor:
+        """Row values of ``rows`` of ``cloud`` (an index or a slice) against the whole cloud."""
+        if self.screen:
+            c, s = self.centred[cloud], self.norms[cloud]
+            return torch.matmul(c[..., rows, :], c.mT).mul_(-2).add_(s[..., rows, None]).add_(s[..., None, :])
+        return torch.cdist(self.data[cloud][..., rows, :], self.data[cloud], p=self.p, compute_mode=_EXACT)
+
+    def _chunks(self, flat: Tensor, by_cloud: bool) -> Iterator[tuple[int, Tensor]]:
+        """Ascending flat row indices b * n + i in pieces of at most one tile: (cloud, rows of it)
+        when ``by_cloud``, else (-1, rows of any clouds)."""
+        if not by_cloud:
+            yield from ((-1, rows) for rows in flat.split(self.tile))
+            return
+        counts = torch.bincount(flat // self.n, minlength=self.b).tolist()
+        for cloud, part in enumerate(flat.split(counts)):
+            yield from ((cloud, rows) for rows in part.split(self.tile))
+
+    def _inside(self, flat: Tensor, comp: Tensor) -> Tensor:
+        """(rows, n) mask of the vertices in the component of each row of ``flat``."""
+        return comp.view(-1)[flat, None] == comp[flat // self.n]
+
+    def scan(self, flat: Tensor, comp: Tensor, k: int):
+        """Scans rows ``flat`` (ascending b * n + i) of clouds with components ``comp`` (B, n) ->
+        per row its lightest edge outside its component (length, neighbour), its k nearest
+        neighbours outside, their exact lengths, and a lower bound of every unlisted length."""
+        n, out = self.n, []
+        for cloud, rows in self._chunks(flat, by_cloud=self.matrix is None):
+            values = self.matrix.view(-1, n)[rows] if cloud < 0 else self._block(cloud, rows - cloud * n)
+            values = values.masked_fill_(self._inside(rows, comp), math.inf)
+            near, listed = values.topk(k, dim=1, largest=False)
+            if not self.screen:
+                w, u = values.min(dim=1)  # the first minimum: the smaller neighbour
+                out.append((w, u, listed, near, near[:, -1]))
+                continue
+            points = self.data.view(-1, self.data.shape[2])
+            ends = points[listed + (rows // n * n)[:, None]]
+            lengths = torch.cdist(points[rows, None, :], ends, compute_mode=_EXACT)[:, 0]
+            lengths = lengths.masked_fill_(near == math.inf, math.inf)
+            beyond = (near[:, -1] - self.slack.view(-1)[rows]).clamp_(min=0).sqrt_().mul_(self.shrink)
+            w = lengths.amin(dim=1)
+            u = torch.where(lengths == w[:, None], listed, n).amin(dim=1)
+            unsure = ~(w < beyond)
+            if unsure.any():  # the expansion cannot tell: exact rows decide
+                w[unsure], u[unsure] = self._exact_nearest(rows[unsure], comp)
+            out.append((w, u, listed, lengths, beyond))
+        return tuple(torch.cat(parts) for parts in zip(*out))
+
+    def _exact_nearest(self, flat: Tensor, comp: Tensor) -> tuple[Tensor, Tensor]:
+        """Exact l2 lightest edge outside the component of rows ``flat``: (lengths, neighbours)."""
+        found = []
+        for cloud, rows in self._chunks(flat, by_cloud=True):
+            pts = self.data[cloud]
+            exact = torch.cdist(pts[rows - cloud * self.n], pts, compute_mode=_EXACT)
+            found.append(exact.masked_fill_(self._inside(rows, comp), math.inf).min(dim=1))
+        return torch.cat([w for w, _ in found]), torch.cat([u for _, u in found])

@@ -97,7 +97,8 @@ def h0_persistence(points: Tensor, metric: Metric = "l1", *, backend: str = "aut
     clouds computed in one call.  Duplicate points give death times of exactly 0, which are kept.
     ``backend``: "auto" (the compiled kernel on CPU, Borůvka elsewhere), "native" or "torch"; all
     return the same tree.  On CPU the native kernel never builds the n x n matrix (memory O(n d));
-    Borůvka works in row tiles beyond 4,096 points, so 100,000 points of dimension 160 fit.
+    Borůvka keeps one matrix only while it fits and otherwise scans rows in tiles, so 100,000
+    points of dimension 160 fit.
     """
     check_points(points, check_values=False)
     p = metric_order(metric)
