@@ -4,6 +4,7 @@
 
 One line per case, milliseconds, median of repeats, forward + backward:
   corel-gpu    corel on the GPU, backend "auto" (Borůvka in torch operations)
+  compiled     the same loss through torch.compile(mode="reduce-overhead"): one CUDA graph
   corel-host   corel on the GPU with the tree chosen by the compiled kernel on the host ("native")
   corel-cpu    corel on the CPU of the same machine (forward only, as in the issue's table)
   torchph      the paper's CUDA library, when importable (the checkout's .anchors/torchph, built on
@@ -80,13 +81,18 @@ def _oom_safe(fn, *args):
 
 
 def loss_cases(pershom, cuda: bool, results: list) -> None:
-    print(f"\n{'ConnectivityLoss fwd+bwd':<28} {'corel-gpu':>10} {'corel-host':>10} {'corel-cpu':>10} {'torchph':>10}"
-          f" {'torchph/corel':>13}")
+    print(f"\n{'ConnectivityLoss fwd+bwd':<28} {'corel-gpu':>10} {'compiled':>10} {'corel-host':>10} {'corel-cpu':>10}"
+          f" {'torchph':>10} {'torchph/corel':>13}")
     for b, n, d in LOSS_CASES:
-        row = {"case": f"loss {b}x{n}x{d}", "corel_cpu": loss_time(200, "cpu")}
+        shape = dict(codes=n, branches=b, dims=d)
+        row = {"case": f"loss {b}x{n}x{d}", "corel_cpu": loss_time(200, "cpu", **shape)}
         if cuda:
-            row["corel_gpu"] = loss_time(200, "cuda")
-            row["corel_host"] = loss_time(200, "cuda", backend="native")
+            row["corel_gpu"] = loss_time(200, "cuda", **shape)
+            row["corel_host"] = loss_time(200, "cuda", backend="native", **shape)
+            try:  # the fixed rounds trace into one graph: CUDA graphs replay it in one launch
+                row["corel_gpu_compiled"] = loss_time(200, "cuda", compile_mode="reduce-overhead", **shape)
+            except Exception as e:  # noqa: BLE001 - reported, the other columns stand
+                row["corel_gpu_compiled"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
         if pershom is not None:
             z = torch.randn(n, b * d, device="cuda")
 
@@ -98,9 +104,12 @@ def loss_cases(pershom, cuda: bool, results: list) -> None:
                 return total
 
             row["torchph"] = timed(lambda: _backward(authors)(z), 20, warmup=2, cuda=True)[0]
-        best = min(t for t in (row.get("corel_gpu"), row.get("corel_host")) if t is not None) if cuda else None
+        best = min(t for t in (row.get("corel_gpu"), row.get("corel_host"), row.get("corel_gpu_compiled"))
+                   if isinstance(t, float)) if cuda else None
         ratio = f"{row['torchph'] / best:.0f}x" if "torchph" in row and best else "-"
-        print(f"{row['case']:<28} {_ms(row.get('corel_gpu')):>10} {_ms(row.get('corel_host')):>10} "
+        compiled = row.get("corel_gpu_compiled")
+        print(f"{row['case']:<28} {_ms(row.get('corel_gpu')):>10} "
+              f"{_ms(compiled) if not isinstance(compiled, str) else 'failed':>10} {_ms(row.get('corel_host')):>10} "
               f"{_ms(row['corel_cpu']):>10} {_ms(row.get('torchph')):>10} {ratio:>13}", flush=True)
         results.append(row)
 

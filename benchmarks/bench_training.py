@@ -37,10 +37,14 @@ def step_time(lam: float, channels_last: bool, steps: int, device: str = "cpu") 
     return timed(step, steps, warmup=3, cuda=device != "cpu")[0]
 
 
-def loss_time(steps: int, device: str = "cpu", backend: str = "auto") -> float:
-    """Seconds for the connectivity loss (forward + backward) of 16 branches x 100 codes x 10 dims."""
-    z = torch.randn(100, 160, device=device, requires_grad=True)
-    loss_fn = ConnectivityLoss(eta=2.0, branches=16, backend=backend)
+def loss_time(steps: int, device: str = "cpu", backend: str = "auto", codes: int = 100, branches: int = 16,
+              dims: int = 10, compile_mode: str | None = None) -> float:
+    """Seconds for the connectivity loss (forward + backward) of ``branches`` x ``codes`` codes x
+    ``dims`` dims; with ``compile_mode``, through torch.compile in that mode (compiled in the warmup)."""
+    z = torch.randn(codes, branches * dims, device=device, requires_grad=True)
+    loss_fn = ConnectivityLoss(eta=2.0, branches=branches, backend=backend)
+    if compile_mode is not None:
+        loss_fn = torch.compile(loss_fn, mode=compile_mode, fullgraph=True)
     return timed(lambda: loss_fn(z).backward(), steps, warmup=3, cuda=device != "cpu")[0]
 
 

@@ -132,8 +132,9 @@ class _Pairs:
 
 def whole_matrix_fits(b: int, n: int, device: torch.device, bytes_per_entry: int = _BYTES_PER_ENTRY) -> bool:
     """Whether a schedule may keep one (b, n, n) matrix: on a GPU while it takes at most half of
-    the free memory, elsewhere up to FULL_MATRIX_ELEMENTS entries."""
-    if device.type == "cuda":
+    the free memory, elsewhere (and inside torch.compile, which cannot ask the device) up to
+    FULL_MATRIX_ELEMENTS entries."""
+    if device.type == "cuda" and not torch.compiler.is_compiling():
         free, _ = torch.cuda.mem_get_info(device)
         return b * n * n * bytes_per_entry <= free // 2
     return b * n * n <= FULL_MATRIX_ELEMENTS

@@ -16,6 +16,8 @@ clouds are handled in float32 and their death times returned in their own dtype.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -35,11 +37,12 @@ BACKENDS = ("auto", "native", "torch")
 
 
 def _engine(device: torch.device, backend: str) -> str:
-    """"native" or "torch": "auto" is the compiled kernel on CPU and Borůvka on other devices."""
+    """"native" or "torch": "auto" is the compiled kernel on CPU and Borůvka on other devices and
+    inside torch.compile (which cannot trace the compiled kernel)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     if backend == "auto":
-        return "native" if device.type == "cpu" else "torch"
+        return "native" if device.type == "cpu" and not torch.compiler.is_compiling() else "torch"
     return backend
 
 
@@ -56,15 +59,12 @@ def _work(x: Tensor) -> Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-def _scale(x: Tensor) -> tuple[Tensor, float]:
+def _scale(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per cloud of ``x`` (B, n, d), the power of two s with max|x| / s in [1, 2): dividing by it
-    is exact.  Returns (s as (B, 1, 1), the largest |coordinate|); ValueError for NaN or inf."""
+    is exact.  Returns (s as (B, 1, 1), max|x| per cloud (B,), NaN or inf where the cloud holds one)."""
     top = x.detach().abs().amax(dim=(1, 2))
-    largest = float(top.max())  # the one host synchronisation: validity and overflow in one number
-    if not largest < float("inf"):  # NaN or inf
-        check_finite(x, "points")
     exponent = torch.frexp(top).exponent - 1
-    return torch.ldexp(torch.ones_like(top), exponent)[:, None, None], largest
+    return torch.ldexp(torch.ones_like(top), exponent)[:, None, None], top
 
 
 def _ordered(deaths: Tensor, edges: Tensor, n: int) -> tuple[Tensor, Tensor]:
@@ -104,16 +104,27 @@ def h0_persistence(points: Tensor, metric: Metric = "l1", *, backend: str = "aut
     p = metric_order(metric)
     engine = _engine(points.device, backend)
     *batch, n, d = points.shape
+    # Under torch.compile the checks that need the host are left out, so the fixed rounds trace
+    # into one graph; a cloud with NaN or inf then gets NaN deaths instead of an error.
+    checked = not torch.compiler.is_compiling()
     if n == 1:
-        check_finite(points, "points")
+        if checked:
+            check_finite(points, "points")
         return _empty(points.shape[:-2], points)
     work = _work(points.reshape(-1, n, d))
-    scale, largest = _scale(work)
+    scale, top = _scale(work)
+    if checked:
+        largest = float(top.max())  # the one host synchronisation: validity and overflow in one number
+        if not largest < math.inf:  # NaN or inf
+            check_finite(points, "points")
     scaled = work / scale
     with torch.no_grad():
         edges = _tree(scaled.detach(), p, engine)
     deaths = (edge_lengths(scaled, edges, p) * scale[:, :, 0]).to(points.dtype)
-    _check_overflow(deaths, largest, d, points.dtype)
+    if checked:
+        _check_overflow(deaths, largest, d, points.dtype)
+    else:  # overflowing distances come out as inf deaths by themselves
+        deaths = torch.where(torch.isfinite(top)[:, None], deaths, math.nan)
     deaths, edges = _ordered(deaths, edges, n)
     return H0(deaths.reshape(*batch, n - 1), edges.reshape(*batch, n - 1, 2))
 

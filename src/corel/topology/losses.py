@@ -23,7 +23,9 @@ class ConnectivityLoss(nn.Module):
     (units of ``metric``).  ``reduction``: "mean" over branches (the authors' code), "sum" (the
     paper's figure) or "none" (one value per branch).  All branches go through one batched H0 call.
 
-    ``backend`` chooses the H0 engine (:func:`~corel.topology.h0.h0_persistence`).
+    ``backend`` chooses the H0 engine (:func:`~corel.topology.h0.h0_persistence`).  The module
+    compiles into one graph (``torch.compile(loss, fullgraph=True)``; on a GPU
+    ``mode="reduce-overhead"`` replays it as one CUDA graph), where NaN codes give a NaN loss.
 
     Zero-length bars are kept: codes that coincide within a branch each add a death time of 0,
     so the value is ``eta`` higher per duplicate code and branch than with the authors' torchph
