@@ -11,7 +11,8 @@ Two schedules share that round:
 * **Fixed rounds** (clouds under :data:`LIST_MIN_POINTS` points whose (B, n, n) matrix fits, as
   in the connectivity loss): every round is a masked minimum over the whole matrix, run floor(log2 n)
   times with no host synchronisation, on every cloud of the batch at once.  For float32 an edge's
-  length bits and its index pair are packed into one int64, so one reduction orders by both.
+  length bits and its index pair are packed into one int64, so one reduction orders by both
+  (float64 reduces the two one after the other).
 * **Neighbour lists** (larger clouds): one scan gives every vertex its lightest edge and a list of
   its :data:`LIST_LENGTH` nearest vertices outside its component.  Components only grow, so in
   later rounds a vertex's lightest edge is the first list entry still outside, certain while it
@@ -42,9 +43,10 @@ TILE_ELEMENTS = 1 << 24
 # Clouds of at least this many points use the neighbour-list schedule.
 LIST_MIN_POINTS = 1024
 LIST_LENGTH = 16
-# l2 rows are screened through the matmul expansion from this dimension on (below it the exact
-# kernel costs about as much as the expansion).
-SCREEN_MIN_DIM = 32
+# l2 rows are screened through the matmul expansion from this dimension on.  On a 2-core CPU,
+# n = 4,000 (whole matrix): screened / exact 108 / 129 ms at d = 16, 111 / 157 at 32, 145 / 503 at
+# 160; below 16 within 10% of each other, so the exact rows keep those.
+SCREEN_MIN_DIM = 16
 # Peak bytes per matrix entry of a fixed round: distances (4) then int64 keys, their masked copy
 # and the mask.
 _BYTES_PER_ENTRY = 21
@@ -169,7 +171,8 @@ def minimum_spanning_tree(data: Tensor, p: float | None) -> Tensor:
     i, j).  ``data`` is finite, float32 or float64; no autograd."""
     b, n = data.shape[0], data.shape[1]
     if n < LIST_MIN_POINTS and (p is None or whole_matrix_fits(b, n, data.device)):
-        keys_of = _Packed(n) if data.dtype == torch.float32 else _Pairs(n)
+        packed = data.dtype == torch.float32 and n <= 1 << 16  # edge ids fit in the low 32 bits
+        keys_of = _Packed(n) if packed else _Pairs(n)
         chosen = _fixed_rounds(data, p, keys_of)
     else:
         keys_of = _Pairs(n)
