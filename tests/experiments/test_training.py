@@ -1,4 +1,5 @@
 import json
+import math
 import logging
 import os
 import re
@@ -258,3 +259,22 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     assert steps == [9, 19]  # 1078 digits / 2 devices / 50 per batch = 10 full batches per epoch
     assert json.loads((out / "summary.json").read_text())["epochs_completed"] == 2
     Backbone.load(out / "backbone.pt")
+
+
+def test_divergence_is_reported_at_the_epoch_end_and_keeps_the_last_checkpoint(tmp_path, digits, monkeypatch):
+    """The connectivity loss runs unchecked in training (no host synchronisation per step); codes
+    that turn NaN in epoch 2 stop the run there with a clear error, and epoch 1's checkpoint stays."""
+    from corel.detection.models import BranchedAutoencoder
+
+    forward, calls = BranchedAutoencoder.forward, []
+
+    def diverging(self, x):
+        z, recon = forward(self, x)
+        calls.append(1)
+        return (z * math.nan, recon) if len(calls) > 10 else (z, recon)  # 10 batches an epoch
+
+    monkeypatch.setattr(BranchedAutoencoder, "forward", diverging)
+    with pytest.raises(ValueError, match="training diverged: the loss was NaN or inf in 10 of 10 batches of epoch 1"):
+        run(digits, tmp_path, epochs=3)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 0 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())

@@ -363,3 +363,35 @@ def test_fixed_rounds_trace_into_one_graph(rng):
     bad[3, 7, 2] = math.nan  # no error can be raised without the host: that cloud's deaths are NaN
     deaths = compiled(bad).deaths
     assert deaths[3].isnan().all() and torch.equal(deaths[[0, 1, 2, 4]], eager[0][[0, 1, 2, 4]])
+
+
+@pytest.fixture
+def host_reads_fail(monkeypatch):
+    """Every way a tensor's value reaches Python (a host synchronisation on a GPU) raises."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("read a value back from the device")
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_unchecked_call_never_waits_for_the_device(rng, monkeypatch, host_reads_fail, backend):
+    """check=False (training): Borůvka's fixed rounds read nothing back; the host engine reads
+    the points on the host anyway; either way a cloud with inf gets NaN deaths, the others theirs."""
+    x = torch.from_numpy(rng.normal(size=(16, 100, 10))).float()
+    bad = x.clone()
+    bad[5, 0, 0] = math.inf
+    bad[9, 3, 1] = math.nan
+    if backend == "torch":
+        res = h0_persistence(x, "l1", backend=backend, check=False)
+        with pytest.raises(AssertionError, match="read a value back"):
+            h0_persistence(x, "l1", backend=backend)  # the checked call reads max|x| once
+        deaths = h0_persistence(bad, "l1", backend=backend, check=False).deaths
+    monkeypatch.undo()
+    if backend == "native":
+        res = h0_persistence(x, "l1", backend=backend, check=False)
+        deaths = h0_persistence(bad, "l1", backend=backend, check=False).deaths
+    assert torch.equal(res.deaths, h0_persistence(x, "l1").deaths)
+    good = [k for k in range(16) if k not in (5, 9)]
+    assert deaths[[5, 9]].isnan().all() and torch.equal(deaths[good], res.deaths[good])

@@ -85,11 +85,14 @@ class ConnectivityAutoencoder(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = BranchedAutoencoder(AutoencoderConfig.from_dict(model_config))
-        self.connectivity = ConnectivityLoss(eta, metric, self.model.config.branches)
+        # unchecked: no host synchronisation per step; a diverged batch gives a non-finite loss,
+        # counted on the device and reported at the end of the epoch (see check_diverged)
+        self.connectivity = ConnectivityLoss(eta, metric, self.model.config.branches, check=False)
         self.lam = lam
         self.lr = lr
         self._channels_last = self.model.config.kind == "conv"
         self.epoch_deaths: list[Tensor] = []  # on the device: no host sync per step
+        self.nonfinite_batches = torch.zeros((), dtype=torch.long)  # this epoch's, on the device
         self.run_record: dict[str, Any] = {}  # written into every checkpoint (see train)
 
     def on_fit_start(self) -> None:
@@ -98,6 +101,7 @@ class ConnectivityAutoencoder(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.epoch_deaths = []
+        self.nonfinite_batches = torch.zeros((), dtype=torch.long, device=self.device)
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         x = unit_float(batch)
@@ -115,11 +119,21 @@ class ConnectivityAutoencoder(L.LightningModule):
                 connectivity = self.connectivity.from_death_times(deaths)
             loss = recon
         self.epoch_deaths.append(deaths.detach().flatten())
+        self.nonfinite_batches += ~torch.isfinite(loss.detach())
         log = dict(on_step=False, on_epoch=True, batch_size=x.shape[0], sync_dist=True)
         self.log("recon", recon, prog_bar=True, **log)
         self.log("connectivity", connectivity, prog_bar=True, **log)
         self.log("loss", loss, **log)
         return loss
+
+    def check_diverged(self) -> None:
+        """ValueError when a batch of this epoch, on any device, had a NaN or inf loss: the
+        checkpoint of the epoch before is then kept, not overwritten by diverged weights."""
+        bad = int(self.trainer.strategy.reduce(self.nonfinite_batches, reduce_op="sum"))  # once per epoch
+        if bad:
+            raise ValueError(f"training diverged: the loss was NaN or inf in {bad} of {self.trainer.num_training_batches}"
+                             f" batches of epoch {self.current_epoch} (codes or reconstructions turned NaN or inf); "
+                             f"the checkpoint of the epoch before is kept; lower the learning rate or lambda")
 
     def last_epoch_deaths(self) -> Tensor:
         """The death times of the epoch that ran last (this device's batches), on the CPU."""
@@ -165,7 +179,10 @@ class _InMemoryImages(Dataset):
         return self.images[index]
 
     def __getitems__(self, indices: list[int]) -> Tensor:
-        return self.images[torch.as_tensor(indices, device=self.images.device)]
+        index = torch.as_tensor(indices)
+        if self.images.is_cuda:  # from pinned memory the copy is asynchronous: no wait for the GPU
+            index = index.pin_memory().to(self.images.device, non_blocking=True)
+        return self.images[index]
 
 
 def _whole_batch(batch: Tensor) -> Tensor:
@@ -238,6 +255,7 @@ class _RunReport(Callback):
         images = trainer.num_training_batches * trainer.datamodule.batch_size * trainer.world_size
         pl_module.log("epoch_seconds", seconds, rank_zero_only=True)
         pl_module.log("images_per_second", images / max(seconds, 1e-9), rank_zero_only=True)
+        pl_module.check_diverged()
         trainer.save_checkpoint(self.checkpoint)
 
 

@@ -89,7 +89,7 @@ def _empty(shape: torch.Size, like: Tensor) -> H0:
     return H0(deaths, torch.zeros(*shape, 0, 2, dtype=torch.long, device=like.device))
 
 
-def h0_persistence(points: Tensor, metric: Metric = "l1", *, backend: str = "auto") -> H0:
+def h0_persistence(points: Tensor, metric: Metric = "l1", *, backend: str = "auto", check: bool = True) -> H0:
     """Exact 0-dim Vietoris-Rips persistence of clouds ``points`` (..., n, d).
 
     Returns :class:`H0` with the n-1 death times (ascending, in the units of the metric, in the
@@ -99,14 +99,19 @@ def h0_persistence(points: Tensor, metric: Metric = "l1", *, backend: str = "aut
     return the same tree.  On CPU the native kernel never builds the n x n matrix (memory O(n d));
     Borůvka keeps one matrix only while it fits and otherwise scans rows in tiles, so 100,000
     points of dimension 160 fit.
+
+    ``check=False`` leaves out the checks that read a value back from the device (one host
+    synchronisation per call): a cloud with NaN or inf coordinates then gets NaN deaths, and
+    distances beyond the dtype inf deaths, instead of a ValueError.  For training loops that look
+    at the loss once per epoch; inside ``torch.compile`` the checks are always left out.
     """
     check_points(points, check_values=False)
     p = metric_order(metric)
     engine = _engine(points.device, backend)
     *batch, n, d = points.shape
-    # Under torch.compile the checks that need the host are left out, so the fixed rounds trace
-    # into one graph; a cloud with NaN or inf then gets NaN deaths instead of an error.
-    checked = not torch.compiler.is_compiling()
+    # Under torch.compile the checks that need the host are left out too, so the fixed rounds
+    # trace into one graph.
+    checked = check and not torch.compiler.is_compiling()
     if n == 1:
         if checked:
             check_finite(points, "points")
@@ -118,13 +123,17 @@ def h0_persistence(points: Tensor, metric: Metric = "l1", *, backend: str = "aut
         if not largest < math.inf:  # NaN or inf
             check_finite(points, "points")
     scaled = work / scale
+    select = scaled.detach()
+    if not checked:  # a cloud with NaN or inf selects on zeros; its deaths become NaN below
+        finite = torch.isfinite(top)[:, None]
+        select = torch.where(finite[..., None], select, 0.0)
     with torch.no_grad():
-        edges = _tree(scaled.detach(), p, engine)
+        edges = _tree(select, p, engine)
     deaths = (edge_lengths(scaled, edges, p) * scale[:, :, 0]).to(points.dtype)
     if checked:
         _check_overflow(deaths, largest, d, points.dtype)
     else:  # overflowing distances come out as inf deaths by themselves
-        deaths = torch.where(torch.isfinite(top)[:, None], deaths, math.nan)
+        deaths = torch.where(finite, deaths, math.nan)
     deaths, edges = _ordered(deaths, edges, n)
     return H0(deaths.reshape(*batch, n - 1), edges.reshape(*batch, n - 1, 2))
 

@@ -23,8 +23,9 @@ class ConnectivityLoss(nn.Module):
     (units of ``metric``).  ``reduction``: "mean" over branches (the authors' code), "sum" (the
     paper's figure) or "none" (one value per branch).  All branches go through one batched H0 call.
 
-    ``backend`` chooses the H0 engine (:func:`~corel.topology.h0.h0_persistence`).  The module
-    compiles into one graph (``torch.compile(loss, fullgraph=True)``; on a GPU
+    ``backend`` chooses the H0 engine and ``check=False`` leaves out its checks that wait for the
+    device, NaN or inf codes then giving a NaN loss (:func:`~corel.topology.h0.h0_persistence`).
+    The module compiles into one graph (``torch.compile(loss, fullgraph=True)``; on a GPU
     ``mode="reduce-overhead"`` replays it as one CUDA graph), where NaN codes give a NaN loss.
 
     Zero-length bars are kept: codes that coincide within a branch each add a death time of 0,
@@ -33,7 +34,7 @@ class ConnectivityLoss(nn.Module):
     """
 
     def __init__(self, eta: float = 2.0, metric: Metric = "l1", branches: int = 1, reduction: str = "mean",
-                 backend: str = "auto"):
+                 backend: str = "auto", check: bool = True):
         super().__init__()
         eta = check_scale(eta, "eta")
         if isinstance(branches, bool) or not (isinstance(branches, int) and branches >= 1):
@@ -43,8 +44,11 @@ class ConnectivityLoss(nn.Module):
         metric_order(metric)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if not isinstance(check, bool):
+            raise ValueError(f"check must be True or False, got {check!r}")
         self.eta = eta
         self.backend = backend
+        self.check = check
         self.metric = metric
         self.branches = branches
         self.reduction = reduction
@@ -59,7 +63,7 @@ class ConnectivityLoss(nn.Module):
         if dim % self.branches:
             raise ValueError(f"code dimension {dim} is not divisible into {self.branches} branches")
         clouds = z.reshape(b, self.branches, dim // self.branches).transpose(0, 1)
-        return h0_persistence(clouds, self.metric, backend=self.backend).deaths
+        return h0_persistence(clouds, self.metric, backend=self.backend, check=self.check).deaths
 
     def from_death_times(self, deaths: Tensor) -> Tensor:
         """The loss from death times (branches, b-1), e.g. those of :meth:`death_times`."""
@@ -75,7 +79,7 @@ class ConnectivityLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"eta={self.eta}, metric={self.metric!r}, branches={self.branches}, reduction={self.reduction!r}, "
-                f"backend={self.backend!r}")
+                f"backend={self.backend!r}, check={self.check}")
 
 
 def _finite_pairs(result: Any, dimension: int) -> Tensor:
