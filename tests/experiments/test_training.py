@@ -278,3 +278,17 @@ def test_divergence_is_reported_at_the_epoch_end_and_keeps_the_last_checkpoint(t
         run(digits, tmp_path, epochs=3)
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 0 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_batches_are_gathered_on_the_gpu_without_waiting_for_it():
+    from corel.experiments.training import _InMemoryImages
+
+    images = _InMemoryImages(torch.arange(500 * 12, dtype=torch.uint8).reshape(500, 3, 2, 2).cuda())
+    images.__getitems__(list(range(10)))  # the pinned allocator's first block
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        batch = images.__getitems__([4, 2, 499])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(batch.cpu(), images.images[[4, 2, 499]].cpu())
