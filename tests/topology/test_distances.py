@@ -8,17 +8,19 @@ from corel.topology.distances import lp_norm
 
 
 def _oracle(diff: np.ndarray, p: float) -> np.ndarray:
-    """float32 terms added pairwise in halves (padded with zeros to a power of two), one exactly
-    rounded numpy operation at a time: the order lp_norm promises on every device."""
+    """float32 terms into eight partial sums (term i into partial i mod 8, in increasing i), the
+    partials added in halves, one exactly rounded numpy operation at a time: the order lp_norm
+    promises on every device."""
     out = []
     for row in diff.astype(np.float32):
-        terms = list(np.abs(row) if p == 1 else row * row)
-        width = 1 << (len(terms) - 1).bit_length()
-        terms += [np.float32(0)] * (width - len(terms))
-        while len(terms) > 1:
-            half = len(terms) // 2
-            terms = [np.float32(terms[i] + terms[i + half]) for i in range(half)]
-        out.append(terms[0] if p == 1 else np.sqrt(terms[0]))
+        terms = np.abs(row) if p == 1 else row * row
+        partial = [np.float32(0)] * 8
+        for i, term in enumerate(terms):
+            partial[i % 8] = np.float32(partial[i % 8] + term)
+        while len(partial) > 1:
+            half = len(partial) // 2
+            partial = [np.float32(partial[i] + partial[i + half]) for i in range(half)]
+        out.append(partial[0] if p == 1 else np.sqrt(partial[0]))
     return np.array(out, dtype=np.float32)
 
 

@@ -174,6 +174,31 @@ def test_engines_return_the_canonical_tree(rng, kind, metric, scipy_metric):
                 assert [tuple(e) for e in native.edges[k].tolist()] == tree
 
 
+def fixed_order_tree(x: Tensor, p: float) -> list[tuple[int, int]]:
+    """Oracle: Kruskal over corel's one rounding of the lengths (l1 sums, l2 squared sums, in the
+    order of fixed_order_sum), in (length, i, j) order."""
+    from corel.topology.distances import fixed_order_sum
+
+    diff = (x[:, None, :] - x[None, :, :]).abs()
+    lengths = fixed_order_sum(diff if p == 1 else diff * diff)
+    n, join = len(x), joiner(len(x))
+    pairs = sorted((lengths[i, j].item(), i, j) for i in range(n) for j in range(i + 1, n))
+    return [(i, j) for _, i, j in pairs if join(i, j)]
+
+
+@pytest.mark.parametrize("backend", ["native"])
+@pytest.mark.parametrize("p", [1.0, 2.0])
+@pytest.mark.parametrize("d", [3, 10, 64, 160])
+def test_float32_near_ties_are_broken_alike_by_every_engine(rng, backend, p, d):
+    """Clusters 1e-3 wide at +-100 in float32: lengths tie to the last bit everywhere, and each
+    engine must pick the tree of the one rounding every engine shares (sums in one order)."""
+    x = torch.from_numpy(np.concatenate([rng.normal(size=(50, d)) * 1e-3 + 100, rng.normal(size=(50, d)) * 1e-3 - 100,
+                                         rng.normal(size=(20, d)) * 1e-3])).float()
+    scaled = x / 2.0 ** (torch.frexp(x.abs().max()).exponent - 1)  # what the engines see (exact)
+    edges = h0_persistence(x, p, backend=backend).edges
+    assert sorted(map(tuple, edges.tolist())) == sorted(fixed_order_tree(scaled, p))
+
+
 @pytest.mark.parametrize("metric, tree", [("l1", [(0, 1), (0, 3), (1, 2)]), ("l2", [(0, 1), (0, 3), (1, 2)]),
                                           ("linf", [(0, 1), (0, 2), (0, 3)])])
 @pytest.mark.parametrize("backend", ["native", "torch"])

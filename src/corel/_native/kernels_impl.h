@@ -28,15 +28,46 @@ typedef I NAME(ivec) __attribute__((vector_size(VEC_BYTES)));
         }                                                                                       \
         for (int a = 0; a < NACC; ++a) *(NAME(vec) *)(out + (k0 - lo) + a * WIDTH) = acc[a];     \
     }
+/* l1 and l2 (squared) in corel's one summation order, the order of torch's side
+ * (corel.topology.distances.fixed_order_sum): coordinate i goes into partial sum i mod 8, each
+ * partial in increasing i, then the partials are added in halves, ((p0 + p4) + (p2 + p6)) +
+ * ((p1 + p5) + (p3 + p7)).  Built with -ffp-contract=off, every step is one exactly rounded
+ * operation, so every engine on every device computes the same bits.  The eight partials are
+ * independent chains that hide the add latency. */
+#define TERM(i) ({ NAME(vec) t_ = xu[i] - *(const NAME(vec) *)(cols + TILE(k0, i, d)); \
+                   t_ = (NAME(vec))((NAME(ivec))t_ & ~SIGN_BIT); if (SQUARE) t_ = t_ * t_; t_; })
+#define FIXED_ORDER_SWEEP                                                                      \
+    for (int64_t k0 = lo; k0 < hi; k0 += WIDTH) {                                               \
+        NAME(vec) q0 = {0}, q1 = {0}, q2 = {0}, q3 = {0}, q4 = {0}, q5 = {0}, q6 = {0}, q7 = {0}; \
+        int64_t i = 0;                                                                          \
+        for (; i + 8 <= d; i += 8) {                                                            \
+            q0 += TERM(i); q1 += TERM(i + 1); q2 += TERM(i + 2); q3 += TERM(i + 3);             \
+            q4 += TERM(i + 4); q5 += TERM(i + 5); q6 += TERM(i + 6); q7 += TERM(i + 7);         \
+        }                                                                                       \
+        switch (d - i) { /* the last coordinates, partials 0 .. d mod 8 - 1 */                   \
+        case 7: q6 += TERM(i + 6); /* fall through */                                           \
+        case 6: q5 += TERM(i + 5); /* fall through */                                           \
+        case 5: q4 += TERM(i + 4); /* fall through */                                           \
+        case 4: q3 += TERM(i + 3); /* fall through */                                           \
+        case 3: q2 += TERM(i + 2); /* fall through */                                           \
+        case 2: q1 += TERM(i + 1); /* fall through */                                           \
+        case 1: q0 += TERM(i);                                                                  \
+        }                                                                                       \
+        *(NAME(vec) *)(out + (k0 - lo)) = ((q0 + q4) + (q2 + q6)) + ((q1 + q5) + (q3 + q7));      \
+    }
 static void NAME(block_dist)(const T *xu, const T *cols, int64_t lo, int64_t hi, int64_t d, int metric, T p,
                              T *out) {
     switch (metric) {
-    case METRIC_L1:
-        SWEEP(acc[a] += t)
+    case METRIC_L1: {
+        const int SQUARE = 0;
+        FIXED_ORDER_SWEEP
         break;
-    case METRIC_L2:
-        SWEEP(acc[a] += t * t)
+    }
+    case METRIC_L2: {
+        const int SQUARE = 1;
+        FIXED_ORDER_SWEEP
         break;
+    }
     case METRIC_LINF:
         SWEEP(NAME(ivec) more = t > acc[a]; acc[a] = (NAME(vec))(((NAME(ivec))t & more) | ((NAME(ivec))acc[a] & ~more)))
         break;
@@ -49,6 +80,8 @@ static void NAME(block_dist)(const T *xu, const T *cols, int64_t lo, int64_t hi,
     }
 }
 #undef SWEEP
+#undef FIXED_ORDER_SWEEP
+#undef TERM
 #undef LANES
 #undef WIDTH
 

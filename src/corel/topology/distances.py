@@ -100,17 +100,22 @@ def pairwise_distances(x: Tensor, metric: Metric = "l1") -> Tensor:
     return torch.cdist(x, x, p=p, compute_mode="donot_use_mm_for_euclid_dist")
 
 
-def _fixed_order_sum(v: Tensor) -> Tensor:
-    """Sum of non-negative terms over the last dimension in one order on every device: padded with
-    zeros to a power of two, the two halves are added elementwise until one column is left.
-    torch's reductions choose their order by device and shape, so their last bit differs."""
-    width = 1 << (v.shape[-1] - 1).bit_length()
-    if width != v.shape[-1]:
-        v = torch.nn.functional.pad(v, (0, width - v.shape[-1]))
-    while v.shape[-1] > 1:
-        low, high = v.chunk(2, dim=-1)
-        v = low + high
-    return v[..., 0]
+def fixed_order_sum(v: Tensor) -> Tensor:
+    """Sum of non-negative terms over the last dimension in corel's one order, on every device and
+    in the compiled kernel alike: term i goes into partial sum i mod 8, each partial in increasing
+    i, then the eight partials are added in halves, ((p0 + p4) + (p2 + p6)) + ((p1 + p5) + (p3 + p7)).
+    Every step is one exactly rounded addition; torch's own reductions choose their order by
+    device and shape, so their last bit differs."""
+    if v.shape[-1] % 8:
+        v = torch.nn.functional.pad(v, (0, -v.shape[-1] % 8))  # + 0 leaves a partial unchanged
+    blocks = v.unflatten(-1, (-1, 8))  # (..., d / 8, 8): block b holds terms 8b .. 8b + 7
+    partial = blocks[..., 0, :]
+    for b in range(1, blocks.shape[-2]):
+        partial = partial + blocks[..., b, :]
+    while partial.shape[-1] > 1:
+        low, high = partial.chunk(2, dim=-1)
+        partial = low + high
+    return partial[..., 0]
 
 
 def lp_norm(v: Tensor, p: float) -> Tensor:
@@ -120,10 +125,10 @@ def lp_norm(v: Tensor, p: float) -> Tensor:
     if p == math.inf:
         return v.abs().amax(dim=-1)
     if p == 1.0:
-        return _fixed_order_sum(v.abs())
+        return fixed_order_sum(v.abs())
     if p != 2.0:
         return torch.linalg.vector_norm(v, ord=p, dim=-1)
-    total = _fixed_order_sum(v.square())
+    total = fixed_order_sum(v.square())
     positive = total > 0
     return torch.where(positive, _sqrt(torch.where(positive, total, 1.0)), 0.0)  # sqrt' is infinite at 0
 
