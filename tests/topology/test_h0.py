@@ -158,16 +158,18 @@ def test_engines_return_the_canonical_tree(rng, kind, metric, scipy_metric):
     """native and torch engines, batched and one cloud at a time, give the oracle's tree exactly."""
     clouds = _clouds(rng)[kind]
     exact = kind != "random" and kind != "clustered"  # integers: every distance exact in any arithmetic
-    dtypes = [torch.float64, torch.float32] if exact else [torch.float64]
+    # l1, l2 and linf round alike in every engine (fixed-order sums); another p only where exact
+    dtypes = [torch.float64, torch.float32] if exact or metric in ("l1", "l2", "linf") else [torch.float64]
     for dtype in dtypes:
         x = torch.from_numpy(clouds).to(dtype)
         native, boruvka = (h0_persistence(x, metric, backend=b) for b in ("native", "torch"))
         assert torch.equal(native.edges, boruvka.edges) and torch.equal(native.deaths, boruvka.deaths)
-        for k, cloud in enumerate(clouds):
+        for k in range(len(clouds)):
             single = h0_persistence(x[k], metric, backend="torch")
             assert torch.equal(single.edges, native.edges[k]) and torch.equal(single.deaths, native.deaths[k])
-            tree = canonical_tree(cloud, scipy_metric)
-            dist = cdist(cloud, cloud, **scipy_metric)
+            stored = x[k].double().numpy()  # the values the dtype holds
+            tree = canonical_tree(stored, scipy_metric)
+            dist = cdist(stored, stored, **scipy_metric)
             np.testing.assert_allclose(native.deaths[k].double().numpy(), [dist[e] for e in tree],
                                        rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=1e-12)
             if exact or dtype == torch.float64:
@@ -186,16 +188,20 @@ def fixed_order_tree(x: Tensor, p: float) -> list[tuple[int, int]]:
     return [(i, j) for _, i, j in pairs if join(i, j)]
 
 
-@pytest.mark.parametrize("backend", ["native"])
+@pytest.mark.parametrize("engine", ["native", "torch fixed rounds", "torch neighbour lists"])
 @pytest.mark.parametrize("p", [1.0, 2.0])
 @pytest.mark.parametrize("d", [3, 10, 64, 160])
-def test_float32_near_ties_are_broken_alike_by_every_engine(rng, backend, p, d):
+def test_float32_near_ties_are_broken_alike_by_every_engine(rng, monkeypatch, engine, p, d):
     """Clusters 1e-3 wide at +-100 in float32: lengths tie to the last bit everywhere, and each
     engine must pick the tree of the one rounding every engine shares (sums in one order)."""
+    from corel.topology import boruvka
+
     x = torch.from_numpy(np.concatenate([rng.normal(size=(50, d)) * 1e-3 + 100, rng.normal(size=(50, d)) * 1e-3 - 100,
                                          rng.normal(size=(20, d)) * 1e-3])).float()
     scaled = x / 2.0 ** (torch.frexp(x.abs().max()).exponent - 1)  # what the engines see (exact)
-    edges = h0_persistence(x, p, backend=backend).edges
+    monkeypatch.setattr(boruvka, "LIST_MIN_POINTS", 0 if engine == "torch neighbour lists" else 1 << 20)
+    monkeypatch.setattr(boruvka, "LIST_LENGTH", 4)  # lists that run out: rescans and exact rows
+    edges = h0_persistence(x, p, backend=engine.split()[0]).edges
     assert sorted(map(tuple, edges.tolist())) == sorted(fixed_order_tree(scaled, p))
 
 

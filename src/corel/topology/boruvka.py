@@ -3,28 +3,30 @@
 Every round, each component takes its lightest edge to another component and the components
 joined by those edges merge (pointer jumping).  Every component merges with at least one other,
 so c components become at most floor(c / 2): floor(log2 n) rounds always suffice.  Edges are
-ordered by (length, smaller index, larger index), a strict total order: the tree is unique and the
-same as the compiled Prim's (``corel._native``).
+ordered by (value, smaller index, larger index), a strict total order, and the values are the
+ones every engine compares (:func:`_selection_values`: for l1 and l2 sums in corel's fixed order,
+squared for l2, as the compiled Prim of ``corel._native`` computes them): the tree is unique and
+the same bit for bit in every engine on every device.
 
 Two schedules share that round:
 
 * **Fixed rounds** (clouds under :data:`LIST_MIN_POINTS` points whose (B, n, n) matrix fits, as
   in the connectivity loss): every round is a masked minimum over the whole matrix, run floor(log2 n)
   times with no host synchronisation, on every cloud of the batch at once.  For float32 an edge's
-  length bits and its index pair are packed into one int64, so one reduction orders by both
+  value bits and its index pair are packed into one int64, so one reduction orders by both
   (float64 reduces the two one after the other).
 * **Neighbour lists** (larger clouds): one scan gives every vertex its lightest edge and a list of
   its :data:`LIST_LENGTH` nearest vertices outside its component.  Components only grow, so in
   later rounds a vertex's lightest edge is the first list entry still outside, certain while it
-  is shorter than everything beyond the list; a vertex is scanned again only when its list is used
+  is lighter than everything beyond the list; a vertex is scanned again only when its list is used
   up *and* what lies beyond it could still beat its component's lightest edge.  A round then costs
   O(n x list) plus the few rescans, not O(n^2).  Rows come from one matrix while it fits
   (:func:`whole_matrix_fits`), else they are recomputed in row tiles (memory O(n x tile)), so
-  100,000 points fit.  For l2 in dimension >= :data:`SCREEN_MIN_DIM` the rows are squared lengths
-  from the matmul expansion |x|^2 + |y|^2 - 2 x.y (the fast path of ``torch.cdist``), used only to
-  *screen*: the listed candidates get exact lengths, and a proven bound on the expansion's
-  rounding decides whether anything beyond the list could be shorter; where it could, the row is
-  recomputed exactly.  The tree is therefore always the exact one; the expansion only saves work.
+  100,000 points fit.  A scan reads cheap approximations (``torch.cdist``; for l2 in dimension >=
+  :data:`SCREEN_MIN_DIM` the matmul expansion |x|^2 + |y|^2 - 2 x.y, the fast path of
+  ``torch.cdist``), gives only the listed neighbours their compared values, and bounds everything
+  beyond the list by the approximation's proven rounding error; where the bound cannot decide,
+  the row is computed in full.  The approximations only save work; the tree is the same.
   This schedule synchronises with the host once or twice per round (to gather the rows to rescan).
 """
 
@@ -36,20 +38,26 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from corel.topology.distances import fixed_order_pairwise
+
 # Off the GPU, one (B, n, n) distance matrix up to this many entries; then row tiles of at most
 # TILE_ELEMENTS entries.
 FULL_MATRIX_ELEMENTS = 1 << 24
 TILE_ELEMENTS = 1 << 24
-# Clouds of at least this many points use the neighbour-list schedule.
-LIST_MIN_POINTS = 1024
+# Clouds of at least this many points use the neighbour-list schedule.  On a 2-core CPU at
+# d = 160 the lists took 3.4 ms at n = 256 where the fixed rounds took 29 ms at n = 255 (l1).
+LIST_MIN_POINTS = 256
 LIST_LENGTH = 16
 # l2 rows are screened through the matmul expansion from this dimension on.  On a 2-core CPU,
-# n = 4,000 (whole matrix): screened / exact 108 / 129 ms at d = 16, 111 / 157 at 32, 145 / 503 at
-# 160; below 16 within 10% of each other, so the exact rows keep those.
+# n = 4,000 (whole matrix): expansion / torch.cdist rows 108 / 129 ms at d = 16, 111 / 157 at 32,
+# 145 / 503 at 160; below 16 within 10% of each other, so cdist rows keep those.
 SCREEN_MIN_DIM = 16
 # Peak bytes per matrix entry of a fixed round: distances (4) then int64 keys, their masked copy
 # and the mask.
 _BYTES_PER_ENTRY = 21
+
+# Metrics whose compared values are sums in corel's fixed order (corel.topology.distances).
+FIXED_ORDER = (1.0, 2.0)
 
 _MAX = torch.iinfo(torch.int64).max
 _LOW32 = 0xFFFFFFFF
@@ -147,19 +155,48 @@ def _edge_ids(i: Tensor, j: Tensor, n: int) -> Tensor:
     return torch.minimum(i, j) * n + torch.maximum(i, j)
 
 
-def _merge(comp: Tensor, lightest, keys_of, idx: Tensor, r: int):
+def _padded(d: int) -> int:
+    """Coordinates fixed_order_sum works on: d rounded up to a multiple of 8."""
+    return -(-d // 8) * 8
+
+
+def _selection_values(a: Tensor, b: Tensor, p: float) -> Tensor:
+    """What the engines compare for points ``a`` (..., m, d) against ``b`` (..., n, d) -> (..., m, n):
+    for l1 and l2 the sums in corel's fixed order (squared for l2), those of the native kernel and
+    of the death times, so every engine picks the same tree bit for bit; torch's l_p otherwise
+    (linf is a maximum, exact in any order).  Memory (..., m, n, d) for l1 and l2."""
+    if p in FIXED_ORDER:
+        return fixed_order_pairwise(a, b, p)
+    return torch.cdist(a, b, p=p, compute_mode=_EXACT)
+
+
+def _selection_matrix(data: Tensor, p: float | None) -> Tensor:
+    """The (B, n, n) compared values of clouds (B, n, d), in row pieces of at most TILE_ELEMENTS
+    differences; distance matrices (``p`` None) as they are."""
+    if p is None:
+        return data
+    b, n, d = data.shape
+    rows = max(1, TILE_ELEMENTS // (b * n * _padded(d)))
+    if rows >= n:
+        return _selection_values(data, data, p)
+    return torch.cat([_selection_values(data[:, r: r + rows], data, p) for r in range(0, n, rows)], dim=1)
+
+
+def _merge(comp: Tensor, lightest, keys_of, idx: Tensor, r: int, last: bool):
     """One round's merge: every component (slot ``comp`` labels) joins the one at the other end of
     its lightest edge -> (the new labels (B, n), the keys of the edges that merged, once each).
-    ``idx`` is arange(n)."""
+    ``idx`` is arange(n); after the ``last`` round the labels are not needed (not computed)."""
     n = len(idx)
     has_edge = keys_of.valid(lightest)
     eid = keys_of.edge(lightest)
     ends = comp.gather(1, eid // n) + comp.gather(1, eid % n)
     parent = torch.where(has_edge, ends - idx, idx)  # the component at the edge's other end
     # two components that chose each other chose the same edge: the smaller one stays a root
-    mutual = (parent.gather(1, parent) == idx) & (idx < parent)
-    parent = torch.where(mutual, idx, parent)
+    # (a component without an edge is its own parent, which changes nothing here)
+    parent = torch.where(parent.gather(1, parent) == idx, torch.minimum(idx, parent), parent)
     merged = keys_of.keep(parent != idx, lightest)
+    if last:
+        return comp, merged
     for _ in range(_jumps(n, r)):
         parent = parent.gather(1, parent)
     return parent.gather(1, comp), merged
@@ -185,7 +222,7 @@ def _fixed_rounds(data: Tensor, p: float | None, keys_of) -> list:
     """floor(log2 n) rounds over the whole (B, n, n) matrix, no host synchronisation."""
     b, n = data.shape[0], data.shape[1]
     idx = torch.arange(n, device=data.device)
-    dist = data if p is None else torch.cdist(data, data, p=p, compute_mode=_EXACT)
+    dist = _selection_matrix(data, p)
     packed = isinstance(keys_of, _Packed)
     if packed:  # one int64 matrix: every round is then a masked minimum over it
         dist = keys_of.of(dist, _edge_ids(idx[:, None], idx, n))
@@ -198,7 +235,7 @@ def _fixed_rounds(data: Tensor, p: float | None, keys_of) -> list:
         else:  # the first minimum is the smaller neighbour, hence the smaller edge id
             w, u = dist.masked_fill(same, math.inf).min(dim=2)
             nearest = (w, _edge_ids(idx, u, n))
-        comp, merged = _merge(comp, keys_of.segment_min(comp, nearest), keys_of, idx, r)
+        comp, merged = _merge(comp, keys_of.segment_min(comp, nearest), keys_of, idx, r, r == rounds(n) - 1)
         chosen.append(merged)
     return chosen
 
@@ -211,8 +248,8 @@ def _listed_rounds(rows: "_Rows", keys_of: _Pairs) -> list:
     idx = torch.arange(n, device=device)
     comp = idx.repeat(b, 1)
     listed = torch.zeros(b, n, k, dtype=torch.long, device=device)  # neighbours, by screened length
-    lengths = torch.full((b, n, k), math.inf, dtype=dtype, device=device)  # their exact lengths
-    beyond = torch.full((b, n), -math.inf, dtype=dtype, device=device)  # at most any unlisted length
+    lengths = torch.full((b, n, k), math.inf, dtype=dtype, device=device)  # their compared values
+    beyond = torch.full((b, n), -math.inf, dtype=dtype, device=device)  # at most any unlisted value
     chosen = []
     for r in range(rounds(n)):
         alive = (comp != comp[:, :1]).any(dim=1, keepdim=True)  # clouds of more than one component
@@ -231,7 +268,7 @@ def _listed_rounds(rows: "_Rows", keys_of: _Pairs) -> list:
             w.view(-1)[flat], u.view(-1)[flat] = sw, su
             listed.view(-1, k)[flat], lengths.view(-1, k)[flat], beyond.view(-1)[flat] = slisted, slengths, sbeyond
             lightest = keys_of.segment_min(comp, (w, _edge_ids(idx, u, n)))
-        comp, merged = _merge(comp, lightest, keys_of, idx, r)
+        comp, merged = _merge(comp, lightest, keys_of, idx, r, r == rounds(n) - 1)
         chosen.append(merged)
     return chosen
 
@@ -247,46 +284,59 @@ def _input_rounding(x: Tensor) -> float:
 
 
 class _Rows:
-    """The rows of the neighbour-list schedule: scans of vertices against whole clouds."""
+    """The rows of the neighbour-list schedule: scans of vertices against whole clouds.
+
+    For l1 and l2 the engines compare the fixed-order values (:func:`_selection_values`); a scan
+    reads cheaper approximations of them (``torch.cdist``, or for l2 from SCREEN_MIN_DIM on the
+    matmul expansion of squared lengths), computes the fixed-order values of the listed
+    neighbours only, and bounds every unlisted value from below by the approximation's proven
+    error; a row whose bound does not clear its listed best is computed in the fixed order whole.
+    Other metrics (linf: a maximum, exact in any order; other p; distance matrices) compare what
+    they read."""
 
     def __init__(self, data: Tensor, p: float | None):
         self.data, self.p = data, p
         self.b, self.n, d = data.shape
+        self.verified = p in FIXED_ORDER
         self.screen = p == 2.0 and d >= SCREEN_MIN_DIM
+        u = torch.finfo(data.dtype).eps / 2
+        # a fixed-order value is within (d + 1) u of the true sum (relative), cdist's too, plus the
+        # squaring of cdist's l2 root: the lower bounds shrink by this, with a factor 4 to spare
+        self.shrink = 1 - 4 * (2 * d + 6) * u
         if self.screen:
             # Centred, the expansion's rounding error shrinks with the norms.  The bound
-            # |approx - exact squared length| <= slack per row covers the centring, both norms, the
+            # |approx - true squared length| <= slack per row covers the centring, both norms, the
             # dot product of d terms (gamma_d) and the input rounding, with a factor 4 to spare.
             self.centred = data - data.mean(dim=1, keepdim=True)
             self.norms = self.centred.square().sum(dim=2)
-            u = torch.finfo(data.dtype).eps / 2
             far = self.norms.amax(dim=1, keepdim=True)
             self.slack = 4 * ((d + 10) * u + 2 * _input_rounding(data)) * (self.norms + far)
-            # exact lengths are sums of d rounded squares: relative error <= (d / 2 + 2) u
-            self.shrink = 1 - 4 * (d + 3) * u
         self.matrix = None
         if p is None:
             self.matrix = data
         elif whole_matrix_fits(self.b, self.n, data.device, data.element_size() + 1):
             self.matrix = self._block(slice(None), slice(None))
         self.tile = max(1, TILE_ELEMENTS // self.n)
+        self.fixed_tile = max(1, TILE_ELEMENTS // (self.n * _padded(d)))
 
     def _block(self, cloud, rows) -> Tensor:
-        """Row values of ``rows`` of ``cloud`` (an index or a slice) against the whole cloud."""
+        """Row values of ``rows`` of ``cloud`` (an index or a slice) against the whole cloud: the
+        compared values, or for l1 and l2 their approximations (squared for l2)."""
         if self.screen:
             c, s = self.centred[cloud], self.norms[cloud]
             return torch.matmul(c[..., rows, :], c.mT).mul_(-2).add_(s[..., rows, None]).add_(s[..., None, :])
-        return torch.cdist(self.data[cloud][..., rows, :], self.data[cloud], p=self.p, compute_mode=_EXACT)
+        values = torch.cdist(self.data[cloud][..., rows, :], self.data[cloud], p=self.p, compute_mode=_EXACT)
+        return values.square_() if self.p == 2.0 else values
 
-    def _chunks(self, flat: Tensor, by_cloud: bool) -> Iterator[tuple[int, Tensor]]:
-        """Ascending flat row indices b * n + i in pieces of at most one tile: (cloud, rows of it)
-        when ``by_cloud``, else (-1, rows of any clouds)."""
+    def _chunks(self, flat: Tensor, by_cloud: bool, tile: int) -> Iterator[tuple[int, Tensor]]:
+        """Ascending flat row indices b * n + i in pieces of at most ``tile`` rows: (cloud, rows of
+        it) when ``by_cloud``, else (-1, rows of any clouds)."""
         if not by_cloud:
-            yield from ((-1, rows) for rows in flat.split(self.tile))
+            yield from ((-1, rows) for rows in flat.split(tile))
             return
         counts = torch.bincount(flat // self.n, minlength=self.b).tolist()
         for cloud, part in enumerate(flat.split(counts)):
-            yield from ((cloud, rows) for rows in part.split(self.tile))
+            yield from ((cloud, rows) for rows in part.split(tile))
 
     def _inside(self, flat: Tensor, comp: Tensor) -> Tensor:
         """(rows, n) mask of the vertices in the component of each row of ``flat``."""
@@ -294,35 +344,36 @@ class _Rows:
 
     def scan(self, flat: Tensor, comp: Tensor, k: int):
         """Scans rows ``flat`` (ascending b * n + i) of clouds with components ``comp`` (B, n) ->
-        per row its lightest edge outside its component (length, neighbour), its k nearest
-        neighbours outside, their exact lengths, and a lower bound of every unlisted length."""
+        per row its lightest edge outside its component (value, neighbour), its k nearest
+        neighbours outside, their values, and a lower bound of every unlisted value."""
         n, out = self.n, []
-        for cloud, rows in self._chunks(flat, by_cloud=self.matrix is None):
+        for cloud, rows in self._chunks(flat, self.matrix is None, self.tile):
             values = self.matrix.view(-1, n)[rows] if cloud < 0 else self._block(cloud, rows - cloud * n)
             values = values.masked_fill_(self._inside(rows, comp), math.inf)
             near, listed = values.topk(k, dim=1, largest=False)
-            if not self.screen:
+            if not self.verified:
                 w, u = values.min(dim=1)  # the first minimum: the smaller neighbour
                 out.append((w, u, listed, near, near[:, -1]))
                 continue
             points = self.data.view(-1, self.data.shape[2])
             ends = points[listed + (rows // n * n)[:, None]]
-            lengths = torch.cdist(points[rows, None, :], ends, compute_mode=_EXACT)[:, 0]
+            lengths = _selection_values(points[rows, None, :], ends, self.p)[:, 0]
             lengths = lengths.masked_fill_(near == math.inf, math.inf)
-            beyond = (near[:, -1] - self.slack.view(-1)[rows]).clamp_(min=0).sqrt_().mul_(self.shrink)
+            floor = near[:, -1] - self.slack.view(-1)[rows] if self.screen else near[:, -1]
+            beyond = floor.clamp_(min=0).mul_(self.shrink)
             w = lengths.amin(dim=1)
             u = torch.where(lengths == w[:, None], listed, n).amin(dim=1)
             unsure = ~(w < beyond)
-            if unsure.any():  # the expansion cannot tell: exact rows decide
-                w[unsure], u[unsure] = self._exact_nearest(rows[unsure], comp)
+            if unsure.any():  # the approximation cannot tell: the whole row in the fixed order decides
+                w[unsure], u[unsure] = self._nearest_in_fixed_order(rows[unsure], comp)
             out.append((w, u, listed, lengths, beyond))
         return tuple(torch.cat(parts) for parts in zip(*out))
 
-    def _exact_nearest(self, flat: Tensor, comp: Tensor) -> tuple[Tensor, Tensor]:
-        """Exact l2 lightest edge outside the component of rows ``flat``: (lengths, neighbours)."""
+    def _nearest_in_fixed_order(self, flat: Tensor, comp: Tensor) -> tuple[Tensor, Tensor]:
+        """The lightest edge outside the component of rows ``flat`` by fixed-order values."""
         found = []
-        for cloud, rows in self._chunks(flat, by_cloud=True):
+        for cloud, rows in self._chunks(flat, True, self.fixed_tile):
             pts = self.data[cloud]
-            exact = torch.cdist(pts[rows - cloud * self.n], pts, compute_mode=_EXACT)
-            found.append(exact.masked_fill_(self._inside(rows, comp), math.inf).min(dim=1))
+            values = _selection_values(pts[rows - cloud * self.n], pts, self.p)
+            found.append(values.masked_fill_(self._inside(rows, comp), math.inf).min(dim=1))
         return torch.cat([w for w, _ in found]), torch.cat([u for _, u in found])

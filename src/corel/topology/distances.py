@@ -108,14 +108,22 @@ def fixed_order_sum(v: Tensor) -> Tensor:
     device and shape, so their last bit differs."""
     if v.shape[-1] % 8:
         v = torch.nn.functional.pad(v, (0, -v.shape[-1] % 8))  # + 0 leaves a partial unchanged
-    blocks = v.unflatten(-1, (-1, 8))  # (..., d / 8, 8): block b holds terms 8b .. 8b + 7
-    partial = blocks[..., 0, :]
-    for b in range(1, blocks.shape[-2]):
-        partial = partial + blocks[..., b, :]
+    first, *rest = v.unflatten(-1, (-1, 8)).unbind(-2)  # block b holds terms 8b .. 8b + 7
+    partial = first
+    for block in rest:
+        partial = partial + block
     while partial.shape[-1] > 1:
         low, high = partial.chunk(2, dim=-1)
         partial = low + high
     return partial[..., 0]
+
+
+def fixed_order_pairwise(a: Tensor, b: Tensor, p: float) -> Tensor:
+    """The l1 distances (p = 1) or squared l2 distances (p = 2) between the rows of ``a`` (..., m, d)
+    and ``b`` (..., n, d) -> (..., m, n), summed by :func:`fixed_order_sum`: the values every engine
+    selects spanning trees with.  Memory (..., m, n, d): callers bound m."""
+    diff = a[..., :, None, :] - b[..., None, :, :]
+    return fixed_order_sum(diff.abs() if p == 1.0 else diff * diff)  # x * x == |x| * |x| exactly
 
 
 def lp_norm(v: Tensor, p: float) -> Tensor:
@@ -148,8 +156,8 @@ def edge_lengths(x: Tensor, edges: Tensor, metric: Metric = "l1") -> Tensor:
     """
     p = metric_order(metric)
     n, d = x.shape[-2:]
-    flat_x = x.reshape(-1, d)
-    offsets = torch.arange(0, flat_x.shape[0], n, device=x.device)
-    flat_e = (edges.reshape(offsets.shape[0], -1, 2) + offsets[:, None, None]).reshape(-1, 2)
-    diff = flat_x.index_select(0, flat_e[:, 0]) - flat_x.index_select(0, flat_e[:, 1])
-    return lp_norm(diff, p).reshape(edges.shape[:-1])
+    points = x.reshape(-1, n, d)
+    ends = edges.reshape(len(points), -1)  # (B, 2k): i0, j0, i1, j1, ...
+    pairs = points.gather(1, ends[..., None].expand(-1, -1, d)).unflatten(1, (-1, 2))  # (B, k, 2, d)
+    first, second = pairs.unbind(2)
+    return lp_norm(first - second, p).reshape(edges.shape[:-1])

@@ -129,7 +129,9 @@ def h0_persistence(points: Tensor, metric: Metric = "l1", *, backend: str = "aut
         select = torch.where(finite[..., None], select, 0.0)
     with torch.no_grad():
         edges = _tree(select, p, engine)
-    deaths = (edge_lengths(scaled, edges, p) * scale[:, :, 0]).to(points.dtype)
+    deaths = edge_lengths(scaled, edges, p) * scale[:, :, 0]
+    if deaths.dtype != points.dtype:
+        deaths = deaths.to(points.dtype)
     if checked:
         _check_overflow(deaths, largest, d, points.dtype)
     else:  # overflowing distances come out as inf deaths by themselves
