@@ -68,8 +68,9 @@ def _scale(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _ordered(deaths: Tensor, edges: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """Sorts (B, k) deaths and (B, k, 2) edges by (death, i, j).  The engines order by their own
-    lengths, which can differ from the recomputed ones in the last bit."""
+    """Sorts (B, k) deaths and (B, k, 2) edges by (death, i, j).  The engines order by the values
+    they compare: squared sums for l2 (distinct ones can share a root), torch's for another p, and
+    a cast to float16 or bfloat16 can tie distinct deaths."""
     eid = edges[..., 0] * n + edges[..., 1]
     order = eid.argsort(dim=-1, stable=True)  # already in this order unless the lengths differed
     order = order.gather(-1, deaths.detach().gather(-1, order).argsort(dim=-1, stable=True))
