@@ -94,7 +94,9 @@ def pairwise_distances(x: Tensor, metric: Metric = "l1") -> Tensor:
     """All pairwise distances of clouds ``x`` (..., n, d) -> (..., n, n), same dtype and device.
 
     l2 never uses the matmul expansion ``|x|^2 + |y|^2 - 2xy``: in float32 it errs by up to ~3e-3
-    between identical points, which breaks exact ties and duplicates.
+    between identical points, which breaks exact ties and duplicates.  Summed by ``torch.cdist``
+    (memory O(n^2)), so an entry can differ in the last bit from the death time of the same edge,
+    which follows :func:`fixed_order_sum` (:func:`edge_lengths`).
     """
     p = metric_order(metric)
     return torch.cdist(x, x, p=p, compute_mode="donot_use_mm_for_euclid_dist")
