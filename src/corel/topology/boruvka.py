@@ -170,16 +170,14 @@ def _selection_values(a: Tensor, b: Tensor, p: float) -> Tensor:
     return torch.cdist(a, b, p=p, compute_mode=_EXACT)
 
 
-def _selection_matrix(data: Tensor, p: float | None) -> Tensor:
-    """The (B, n, n) compared values of clouds (B, n, d), in row pieces of at most TILE_ELEMENTS
-    differences; distance matrices (``p`` None) as they are."""
-    if p is None:
-        return data
-    b, n, d = data.shape
-    rows = max(1, TILE_ELEMENTS // (b * n * _padded(d)))
-    if rows >= n:
-        return _selection_values(data, data, p)
-    return torch.cat([_selection_values(data[:, r: r + rows], data, p) for r in range(0, n, rows)], dim=1)
+def _selection_rows(a: Tensor, b: Tensor, p: float) -> Tensor:
+    """:func:`_selection_values` of ``a`` (B, m, d) against ``b`` (B, n, d), in pieces of ``a``'s
+    rows so that the fixed-order differences stay within TILE_ELEMENTS entries."""
+    (batch, m, d), n = a.shape, b.shape[1]
+    rows = max(1, TILE_ELEMENTS // (batch * n * _padded(d)))
+    if rows >= m:
+        return _selection_values(a, b, p)
+    return torch.cat([_selection_values(a[:, r: r + rows], b, p) for r in range(0, m, rows)], dim=1)
 
 
 def _merge(comp: Tensor, lightest, keys_of, idx: Tensor, r: int, last: bool):
@@ -222,7 +220,7 @@ def _fixed_rounds(data: Tensor, p: float | None, keys_of) -> list:
     """floor(log2 n) rounds over the whole (B, n, n) matrix, no host synchronisation."""
     b, n = data.shape[0], data.shape[1]
     idx = torch.arange(n, device=data.device)
-    dist = _selection_matrix(data, p)
+    dist = data if p is None else _selection_rows(data, data, p)  # distance matrices as they are
     packed = isinstance(keys_of, _Packed)
     if packed:  # one int64 matrix: every round is then a masked minimum over it
         dist = keys_of.of(dist, _edge_ids(idx[:, None], idx, n))
@@ -317,7 +315,6 @@ class _Rows:
         elif whole_matrix_fits(self.b, self.n, data.device, data.element_size() + 1):
             self.matrix = self._block(slice(None), slice(None))
         self.tile = max(1, TILE_ELEMENTS // self.n)
-        self.fixed_tile = max(1, TILE_ELEMENTS // (self.n * _padded(d)))
 
     def _block(self, cloud, rows) -> Tensor:
         """Row values of ``rows`` of ``cloud`` (an index or a slice) against the whole cloud: the
@@ -328,15 +325,15 @@ class _Rows:
         values = torch.cdist(self.data[cloud][..., rows, :], self.data[cloud], p=self.p, compute_mode=_EXACT)
         return values.square_() if self.p == 2.0 else values
 
-    def _chunks(self, flat: Tensor, by_cloud: bool, tile: int) -> Iterator[tuple[int, Tensor]]:
-        """Ascending flat row indices b * n + i in pieces of at most ``tile`` rows: (cloud, rows of
-        it) when ``by_cloud``, else (-1, rows of any clouds)."""
+    def _chunks(self, flat: Tensor, by_cloud: bool) -> Iterator[tuple[int, Tensor]]:
+        """Ascending flat row indices b * n + i in pieces of at most one tile: (cloud, rows of it)
+        when ``by_cloud``, else (-1, rows of any clouds)."""
         if not by_cloud:
-            yield from ((-1, rows) for rows in flat.split(tile))
+            yield from ((-1, rows) for rows in flat.split(self.tile))
             return
         counts = torch.bincount(flat // self.n, minlength=self.b).tolist()
         for cloud, part in enumerate(flat.split(counts)):
-            yield from ((cloud, rows) for rows in part.split(tile))
+            yield from ((cloud, rows) for rows in part.split(self.tile))
 
     def _inside(self, flat: Tensor, comp: Tensor) -> Tensor:
         """(rows, n) mask of the vertices in the component of each row of ``flat``."""
@@ -347,7 +344,7 @@ class _Rows:
         per row its lightest edge outside its component (value, neighbour), its k nearest
         neighbours outside, their values, and a lower bound of every unlisted value."""
         n, out = self.n, []
-        for cloud, rows in self._chunks(flat, self.matrix is None, self.tile):
+        for cloud, rows in self._chunks(flat, self.matrix is None):
             values = self.matrix.view(-1, n)[rows] if cloud < 0 else self._block(cloud, rows - cloud * n)
             values = values.masked_fill_(self._inside(rows, comp), math.inf)
             near, listed = values.topk(k, dim=1, largest=False)
@@ -372,8 +369,8 @@ class _Rows:
     def _nearest_in_fixed_order(self, flat: Tensor, comp: Tensor) -> tuple[Tensor, Tensor]:
         """The lightest edge outside the component of rows ``flat`` by fixed-order values."""
         found = []
-        for cloud, rows in self._chunks(flat, True, self.fixed_tile):
-            pts = self.data[cloud]
-            values = _selection_values(pts[rows - cloud * self.n], pts, self.p)
+        for cloud, rows in self._chunks(flat, True):
+            pts = self.data[cloud: cloud + 1]
+            values = _selection_rows(pts[:, rows - cloud * self.n], pts, self.p)[0]
             found.append(values.masked_fill_(self._inside(rows, comp), math.inf).min(dim=1))
         return torch.cat([w for w, _ in found]), torch.cat([u for _, u in found])
