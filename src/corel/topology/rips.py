@@ -115,6 +115,18 @@ def _per_cloud(batch: torch.Size, diagrams_of: Callable[[tuple], list[Diagram]])
     return build(())
 
 
+def _diagrams(h0: H0, data: Tensor, p: float | None, max_dimension: int, threshold: float) -> list:
+    """Per cloud of ``data`` (..., n, d) points, or distance matrices when ``p`` is None: the H0
+    diagram from ``h0`` and, up to ``max_dimension``, the higher ones, nested like the batch."""
+    def diagrams_of(index: tuple) -> list[Diagram]:
+        diagrams = [H0(h0.deaths[index], h0.edges[index]).diagram(threshold)]
+        if max_dimension:
+            diagrams += higher_diagrams(data[index], p, max_dimension, threshold)
+        return diagrams
+
+    return _per_cloud(data.shape[:-2], diagrams_of)
+
+
 def rips_persistence(points: Tensor, metric: Metric = "l1", max_dimension: int = 1, *,
                      threshold: float = math.inf) -> list:
     """Vietoris-Rips persistence of clouds ``points`` (..., n, d) in dimensions 0..max_dimension.
@@ -135,15 +147,7 @@ def rips_persistence(points: Tensor, metric: Metric = "l1", max_dimension: int =
     threshold = _check_threshold(threshold)
     if max_dimension:
         _engine()
-    h0 = h0_persistence(points, p)
-
-    def diagrams_of(index: tuple) -> list[Diagram]:
-        diagrams = [H0(h0.deaths[index], h0.edges[index]).diagram(threshold)]
-        if max_dimension:
-            diagrams += higher_diagrams(points[index], p, max_dimension, threshold)
-        return diagrams
-
-    return _per_cloud(points.shape[:-2], diagrams_of)
+    return _diagrams(h0_persistence(points, p), points, p, max_dimension, threshold)
 
 
 def rips_persistence_from_distances(dist: Tensor, max_dimension: int = 1, *,
@@ -157,12 +161,4 @@ def rips_persistence_from_distances(dist: Tensor, max_dimension: int = 1, *,
     threshold = _check_threshold(threshold)
     if max_dimension:
         _engine()
-    h0 = h0_persistence_from_distances(dist)
-
-    def diagrams_of(index: tuple) -> list[Diagram]:
-        diagrams = [H0(h0.deaths[index], h0.edges[index]).diagram(threshold)]
-        if max_dimension:
-            diagrams += higher_diagrams(dist[index], None, max_dimension, threshold)
-        return diagrams
-
-    return _per_cloud(dist.shape[:-2], diagrams_of)
+    return _diagrams(h0_persistence_from_distances(dist), dist, None, max_dimension, threshold)
