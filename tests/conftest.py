@@ -39,11 +39,16 @@ def joiner(n: int):
     return join
 
 
-def canonical_tree(x: np.ndarray, scipy_metric: dict) -> list[tuple[int, int]]:
-    """Oracle: Kruskal over scipy's distances in (length, i, j) order, the definition of the tree."""
-    dist = cdist(x, x, **scipy_metric)
-    n, join = len(x), joiner(len(x))
+def kruskal(dist: np.ndarray) -> list[tuple[int, int]]:
+    """The spanning tree of a symmetric (n, n) matrix by Kruskal in (value, i, j) order, the
+    definition of corel's tree."""
+    n, join = len(dist), joiner(len(dist))
     return [(i, j) for _, i, j in sorted((dist[i, j], i, j) for i in range(n) for j in range(i + 1, n)) if join(i, j)]
+
+
+def canonical_tree(x: np.ndarray, scipy_metric: dict) -> list[tuple[int, int]]:
+    """Oracle: Kruskal over scipy's distances."""
+    return kruskal(cdist(x, x, **scipy_metric))
 
 
 def pytest_configure(config):

@@ -66,15 +66,15 @@ def test_distance_matrices_on_neighbour_lists(rng, lists):
     assert torch.equal(res.edges, h0_persistence_from_distances(dist, backend="native").edges)
 
 
-def _count_exact_rows(monkeypatch) -> list[int]:
-    """Rows that the screening had to recompute exactly, appended per call."""
-    counted, exact_nearest = [], boruvka._Rows._nearest_in_fixed_order
+def _count_rows(monkeypatch, method: str) -> list[int]:
+    """The number of rows each call of the _Rows ``method`` (scan, _nearest_in_fixed_order) got."""
+    counted, original = [], getattr(boruvka._Rows, method)
 
-    def counting(self, flat, comp):
+    def counting(self, flat, *args):
         counted.append(len(flat))
-        return exact_nearest(self, flat, comp)
+        return original(self, flat, *args)
 
-    monkeypatch.setattr(boruvka._Rows, "_nearest_in_fixed_order", counting)
+    monkeypatch.setattr(boruvka._Rows, method, counting)
     return counted
 
 
@@ -82,7 +82,7 @@ def test_screening_saves_the_exact_rows_where_it_can(rng, monkeypatch):
     """Spread clouds never need an exact row; two clusters at +-100 with 1e-3 spacing (where the
     expansion cannot resolve a neighbour) fall back to exact rows and still give the exact tree."""
     monkeypatch.setattr(boruvka, "LIST_MIN_POINTS", 0)
-    counted = _count_exact_rows(monkeypatch)
+    counted = _count_rows(monkeypatch, "_nearest_in_fixed_order")
     spread = torch.from_numpy(rng.normal(size=(2, 400, 64))).float()
     res = h0_persistence(spread, "l2", backend="torch")
     assert torch.equal(res.edges, h0_persistence(spread, "l2", backend="native").edges)
@@ -99,13 +99,7 @@ def test_screening_saves_the_exact_rows_where_it_can(rng, monkeypatch):
 def test_rows_are_rescanned_rarely(rng, monkeypatch):
     """The point of the lists: after the first scan, few rows are scanned again."""
     monkeypatch.setattr(boruvka, "LIST_MIN_POINTS", 0)
-    scanned, scan = [], boruvka._Rows.scan
-
-    def counting(self, flat, comp, k):
-        scanned.append(len(flat))
-        return scan(self, flat, comp, k)
-
-    monkeypatch.setattr(boruvka._Rows, "scan", counting)
+    scanned = _count_rows(monkeypatch, "scan")
     for metric in ("l1", "l2"):
         scanned.clear()
         h0_persistence(torch.from_numpy(rng.normal(size=(1, 2000, 64))).float(), metric, backend="torch")

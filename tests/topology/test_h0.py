@@ -11,7 +11,7 @@ from scipy.sparse.csgraph import minimum_spanning_tree
 from scipy.spatial.distance import cdist
 
 import corel.pershom as pershom
-from conftest import METRICS, canonical_tree, joiner
+from conftest import METRICS, canonical_tree, joiner, kruskal
 from corel import ConnectivityLoss, h0_persistence, h0_persistence_from_distances, rips_persistence
 
 
@@ -182,10 +182,7 @@ def fixed_order_tree(x: Tensor, p: float) -> list[tuple[int, int]]:
     from corel.topology.distances import fixed_order_sum
 
     diff = (x[:, None, :] - x[None, :, :]).abs()
-    lengths = fixed_order_sum(diff if p == 1 else diff * diff)
-    n, join = len(x), joiner(len(x))
-    pairs = sorted((lengths[i, j].item(), i, j) for i in range(n) for j in range(i + 1, n))
-    return [(i, j) for _, i, j in pairs if join(i, j)]
+    return kruskal(fixed_order_sum(diff if p == 1 else diff * diff).numpy())
 
 
 @pytest.mark.parametrize("engine", ["native", "torch fixed rounds", "torch neighbour lists"])
