@@ -49,9 +49,8 @@ TILE_ELEMENTS = 1 << 24
 LIST_MIN_POINTS = 256
 LIST_LENGTH = 16
 # l2 rows are screened through the matmul expansion from this dimension on.  On a 2-core CPU,
-# n = 4,000 (whole matrix), measured before the lists compared fixed-order values: expansion /
-# torch.cdist rows 108 / 129 ms at d = 16, 111 / 157 at 32, 145 / 503 at 160; below 16 within
-# 10% of each other, so cdist rows keep those.
+# n = 4,000 (whole matrix), one tree: expansion / torch.cdist rows 103 / 121 ms at d = 16, 107 /
+# 150 at 32, 162 / 536 at 160; below 16 within 6% of each other, so cdist rows keep those.
 SCREEN_MIN_DIM = 16
 # Peak bytes per matrix entry of a fixed round: distances (4) then int64 keys, their masked copy
 # and the mask.
