@@ -1,5 +1,7 @@
-"""Shared fixtures: the metrics every persistence test runs under, the shared data folder, an RNG."""
+"""Shared fixtures: the metrics every persistence test runs under, the H0 engines, the shared data
+folder, an RNG."""
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -11,6 +13,13 @@ from scipy.spatial.distance import cdist
 # corel's metric and scipy's cdist arguments for the same metric (the oracle's)
 METRICS = [("l1", {"metric": "cityblock"}), ("l2", {"metric": "euclidean"}),
            ("linf", {"metric": "chebyshev"}), (3.0, {"metric": "minkowski", "p": 3.0})]
+
+# Without a GPU, Triton's interpreter runs the fused kernel on the CPU (set before it is imported).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+# Every H0 engine; "triton" where the package is installed.
+ENGINES = ["native", "torch", pytest.param("triton", marks=pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None, reason="triton is not installed"))]
 
 # ../shared/data beside the project (CIFAR-10 as cifar10.npz); tests that need it skip without it
 SHARED_DATA = Path(os.environ.get("COREL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

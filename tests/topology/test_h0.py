@@ -11,7 +11,7 @@ from scipy.sparse.csgraph import minimum_spanning_tree
 from scipy.spatial.distance import cdist
 
 import corel.pershom as pershom
-from conftest import METRICS, canonical_tree, joiner, kruskal
+from conftest import ENGINES, METRICS, canonical_tree, joiner, kruskal
 from corel import ConnectivityLoss, h0_persistence, h0_persistence_from_distances, rips_persistence
 
 
@@ -113,11 +113,12 @@ def test_batched_equals_per_cloud(rng):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("metric", ["l1", "l2", "linf"])
 @pytest.mark.parametrize("shape", [(4, 100, 10), (1, 3000, 64)])  # fixed rounds; neighbour lists (l2 screened)
-def test_cuda_agrees_with_cpu(rng, metric, shape):
+@pytest.mark.parametrize("backend", ["auto", ENGINES[2]])
+def test_cuda_agrees_with_cpu(rng, metric, shape, backend):
     """The same tree, and the same death times bit for bit (one rounding on every device)."""
     x = torch.from_numpy(rng.normal(size=shape)).float()
     cpu = h0_persistence(x, metric)
-    gpu = h0_persistence(x.cuda().requires_grad_(), metric)
+    gpu = h0_persistence(x.cuda().requires_grad_(), metric, backend=backend)
     assert gpu.deaths.device.type == "cuda" and gpu.edges.device.type == "cuda"
     assert torch.equal(gpu.edges.cpu(), cpu.edges)
     assert torch.equal(gpu.deaths.detach().cpu(), cpu.deaths)
@@ -125,9 +126,10 @@ def test_cuda_agrees_with_cpu(rng, metric, shape):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_unchecked_loss_never_synchronises_on_cuda():
+@pytest.mark.parametrize("backend", ["auto", ENGINES[2]])
+def test_unchecked_loss_never_synchronises_on_cuda(backend):
     """What training runs every step: forward and backward without one wait for the device."""
-    loss = ConnectivityLoss(eta=2.0, branches=16, check=False)
+    loss = ConnectivityLoss(eta=2.0, branches=16, check=False, backend=backend)
     z = torch.randn(100, 160, device="cuda", requires_grad=True)
     loss(z).backward()  # lazy initialisation and the allocator's first blocks
     torch.cuda.set_sync_debug_mode("error")
@@ -152,21 +154,24 @@ def _clouds(rng) -> dict[str, np.ndarray]:
     }
 
 
+@pytest.mark.parametrize("backend", ENGINES[1:])
 @pytest.mark.parametrize("kind", ["random", "duplicates", "integer grid with duplicates", "ties", "clustered"])
 @pytest.mark.parametrize("metric, scipy_metric", METRICS)
-def test_engines_return_the_canonical_tree(rng, kind, metric, scipy_metric):
-    """native and torch engines, batched and one cloud at a time, give the oracle's tree exactly."""
+def test_engines_return_the_canonical_tree(rng, kind, metric, scipy_metric, backend):
+    """Every engine, batched and one cloud at a time, gives the native kernel's tree and deaths bit
+    for bit, and the native kernel gives the oracle's tree."""
     clouds = _clouds(rng)[kind]
     exact = kind != "random" and kind != "clustered"  # integers: every distance exact in any arithmetic
     # l1, l2 and linf round alike in every engine (fixed-order sums); another p only where exact
     dtypes = [torch.float64, torch.float32] if exact or metric in ("l1", "l2", "linf") else [torch.float64]
     for dtype in dtypes:
         x = torch.from_numpy(clouds).to(dtype)
-        native, boruvka = (h0_persistence(x, metric, backend=b) for b in ("native", "torch"))
-        assert torch.equal(native.edges, boruvka.edges) and torch.equal(native.deaths, boruvka.deaths)
+        native, other = (h0_persistence(x, metric, backend=b) for b in ("native", backend))
+        assert torch.equal(native.edges, other.edges) and torch.equal(native.deaths, other.deaths)
         for k in range(len(clouds)):
-            single = h0_persistence(x[k], metric, backend="torch")
-            assert torch.equal(single.edges, native.edges[k]) and torch.equal(single.deaths, native.deaths[k])
+            if backend == "torch":  # Borůvka handles a batch as one graph; the fused kernel, cloud by cloud
+                single = h0_persistence(x[k], metric, backend=backend)
+                assert torch.equal(single.edges, native.edges[k]) and torch.equal(single.deaths, native.deaths[k])
             stored = x[k].double().numpy()  # the values the dtype holds
             tree = canonical_tree(stored, scipy_metric)
             dist = cdist(stored, stored, **scipy_metric)
@@ -185,7 +190,7 @@ def fixed_order_tree(x: Tensor, p: float) -> list[tuple[int, int]]:
     return kruskal(fixed_order_sum(diff if p == 1 else diff * diff).numpy())
 
 
-@pytest.mark.parametrize("engine", ["native", "torch fixed rounds", "torch neighbour lists"])
+@pytest.mark.parametrize("engine", ["native", "torch fixed rounds", "torch neighbour lists", ENGINES[2]])
 @pytest.mark.parametrize("p", [1.0, 2.0])
 @pytest.mark.parametrize("d", [3, 10, 64, 160])
 def test_float32_near_ties_are_broken_alike_by_every_engine(rng, monkeypatch, engine, p, d):
@@ -204,7 +209,7 @@ def test_float32_near_ties_are_broken_alike_by_every_engine(rng, monkeypatch, en
 
 @pytest.mark.parametrize("metric, tree", [("l1", [(0, 1), (0, 3), (1, 2)]), ("l2", [(0, 1), (0, 3), (1, 2)]),
                                           ("linf", [(0, 1), (0, 2), (0, 3)])])
-@pytest.mark.parametrize("backend", ["native", "torch"])
+@pytest.mark.parametrize("backend", ENGINES)
 def test_ties_follow_the_edge_order(metric, tree, backend):
     square = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
     assert [tuple(e) for e in h0_persistence(square, metric, backend=backend).edges.tolist()] == tree
@@ -226,7 +231,7 @@ def test_clustered_high_dimension_l2_is_exact(rng, backend):
     assert torch.autograd.gradcheck(lambda p: h0_persistence(p, "l2", backend=backend).deaths, (small,))
 
 
-@pytest.mark.parametrize("backend", ["native", "torch"])
+@pytest.mark.parametrize("backend", ENGINES)
 @pytest.mark.parametrize("dtype, scale", [(torch.float32, 1e19), (torch.float32, 1e25), (torch.float32, 1e30),
                                           (torch.float32, 1e-30), (torch.float64, 1e300), (torch.float64, 1e-300)])
 @pytest.mark.parametrize("metric, scipy_metric", [("l2", {"metric": "euclidean"}), (3.0, {"metric": "minkowski", "p": 3}),
@@ -241,7 +246,7 @@ def test_huge_and_tiny_coordinates(rng, backend, dtype, scale, metric, scipy_met
                                    rtol=1e-5 if dtype == torch.float32 else 1e-12)
 
 
-@pytest.mark.parametrize("backend", ["native", "torch"])
+@pytest.mark.parametrize("backend", ENGINES)
 def test_distances_beyond_the_dtype_raise(backend):
     x = torch.tensor([[-3e38, 0.0], [3e38, 0.0]])
     with pytest.raises(ValueError, match="distance overflow"):
@@ -252,7 +257,7 @@ def test_distances_beyond_the_dtype_raise(backend):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("backend", ["native", "torch"])
+@pytest.mark.parametrize("backend", ENGINES)
 def test_half_precision_is_selected_in_float32(rng, dtype, backend):
     x = torch.from_numpy(rng.normal(size=(4, 50, 10))).to(dtype).requires_grad_()
     res = h0_persistence(x, "l1", backend=backend)
@@ -323,13 +328,13 @@ def test_torchph_distance_matrix_reads_the_lower_triangle():
     assert lower.grad.tolist() == [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
 
 
+@pytest.mark.parametrize("backend", ENGINES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_negative_zero_distances_tie_with_zero(dtype):
+def test_negative_zero_distances_tie_with_zero(dtype, backend):
     dist = torch.zeros(3, 3, dtype=dtype)  # three duplicates: (0, 1) and (0, 2) come first among equals
     signed = dist.clone()
     signed[1, 2] = signed[2, 1] = -0.0  # equal to 0.0, so it must not jump the queue
-    for backend in ("native", "torch"):
-        assert h0_persistence_from_distances(signed, backend=backend).edges.tolist() == [[0, 1], [0, 2]]
+    assert h0_persistence_from_distances(signed, backend=backend).edges.tolist() == [[0, 1], [0, 2]]
 
 
 def test_bad_distance_matrix_raises():

@@ -140,6 +140,12 @@ class _Pairs:
         return eid.gather(1, w.argsort(dim=1, stable=True))
 
 
+def edge_keys(dtype: torch.dtype, n: int) -> _Packed | _Pairs:
+    """How edges of an n-point cloud with values of ``dtype`` are keyed and ordered: packed into
+    one int64 for float32 while edge ids fit in the low 32 bits, else as (value, edge id) pairs."""
+    return _Packed(n) if dtype == torch.float32 and n <= 1 << 16 else _Pairs(n)
+
+
 def whole_matrix_fits(b: int, n: int, device: torch.device, bytes_per_entry: int = _BYTES_PER_ENTRY) -> bool:
     """Whether a schedule may keep one (b, n, n) matrix: on a GPU while it takes at most half of
     the free memory, elsewhere (and inside torch.compile, which cannot ask the device) up to
@@ -206,8 +212,7 @@ def minimum_spanning_tree(data: Tensor, p: float | None) -> Tensor:
     i, j).  ``data`` is finite, float32 or float64; no autograd."""
     b, n = data.shape[0], data.shape[1]
     if n < LIST_MIN_POINTS and (p is None or whole_matrix_fits(b, n, data.device)):
-        packed = data.dtype == torch.float32 and n <= 1 << 16  # edge ids fit in the low 32 bits
-        keys_of = _Packed(n) if packed else _Pairs(n)
+        keys_of = edge_keys(data.dtype, n)
         chosen = _fixed_rounds(data, p, keys_of)
     else:
         keys_of = _Pairs(n)

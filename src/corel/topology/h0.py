@@ -5,7 +5,9 @@ filtration value of an edge is the full pairwise distance, not half of it).  Edg
 (length, smaller index, larger index), which makes the tree unique; an engine finds it without
 autograd: the compiled Prim (``backend="native"``, on the host: CPU tensors directly, others
 through one small copy each way) or Borůvka in torch operations on the tensors' own device
-(``backend="torch"``, :mod:`corel.topology.boruvka`).  Both give the same tree.  The death times
+(``backend="torch"``, :mod:`corel.topology.boruvka`), or for small clouds on a GPU Prim in one
+fused Triton kernel per batch (``backend="triton"``, :mod:`corel.topology.fused_prim`).  All give
+the same tree.  The death times
 are then the distances at the tree's edges, recomputed with autograd, so ``d(death)/d(points)`` is
 exact wherever the tree is unique.
 
@@ -16,6 +18,7 @@ clouds are handled in float32 and their death times returned in their own dtype.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import torch
@@ -33,14 +36,16 @@ from corel.topology.distances import (
     metric_order,
 )
 
-BACKENDS = ("auto", "native", "torch")
+BACKENDS = ("auto", "native", "torch", "triton")
 
 
 def _engine(device: torch.device, backend: str) -> str:
-    """"native" or "torch": "auto" is the compiled kernel on CPU and Borůvka on other devices and
-    inside torch.compile (which cannot trace the compiled kernel)."""
+    """"native", "torch" or "triton": "auto" is the compiled kernel on CPU and Borůvka on other
+    devices and inside torch.compile (which cannot trace the compiled kernel)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    if backend == "triton" and importlib.util.find_spec("triton") is None:
+        raise ValueError("backend 'triton' needs the triton package (pip install triton)")
     if backend == "auto":
         return "native" if device.type == "cpu" and not torch.compiler.is_compiling() else "torch"
     return backend
@@ -51,6 +56,11 @@ def _tree(data: Tensor, p: float | None, engine: str) -> Tensor:
     (``p`` None), in (length, i, j) order, on ``data``'s device."""
     if engine == "native":
         return mst_edges(data, p).to(data.device)
+    if engine == "triton":
+        # imports triton, which only this backend needs
+        from corel.topology.fused_prim import minimum_spanning_tree as fused_tree
+
+        return fused_tree(data, p)
     return minimum_spanning_tree(data, p)
 
 
@@ -96,7 +106,8 @@ def h0_persistence(points: Tensor, metric: Metric = "l1", *, backend: str = "aut
     Returns :class:`H0` with the n-1 death times (ascending, in the units of the metric, in the
     points' dtype) and their edges, ties in ascending (i, j) order.  All leading dimensions are
     clouds computed in one call.  Duplicate points give death times of exactly 0, which are kept.
-    ``backend``: "auto" (the compiled kernel on CPU, Borůvka elsewhere), "native" or "torch"; all
+    ``backend``: "auto" (the compiled kernel on CPU, Borůvka elsewhere), "native", "torch" or
+    "triton" (one fused kernel for clouds of up to 1,024 points on a GPU, Borůvka beyond); all
     return the same tree.  On CPU the native kernel never builds the n x n matrix (memory O(n d));
     Borůvka keeps one matrix only while it fits and otherwise scans rows in tiles, so 100,000
     points of dimension 160 fit.
