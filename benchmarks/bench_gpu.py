@@ -5,13 +5,15 @@
 One line per case, milliseconds, median of repeats, forward + backward:
   corel-gpu    corel on the GPU, backend "auto" (Borůvka in torch operations)
   compiled     the same loss through torch.compile(mode="reduce-overhead"): one CUDA graph
+  triton       corel on the GPU, backend "triton" (Prim, one fused Triton kernel for the batch)
   corel-host   corel on the GPU with the tree chosen by the compiled kernel on the host ("native")
   corel-cpu    corel on the CPU of the same machine (forward only, as in the issue's table)
   torchph      the paper's CUDA library, when importable (the checkout's .anchors/torchph, built on
                first use: copy ../shared/anchors/torchph there and carry it)
   cdist        torch.cdist alone on the GPU, the floor of any engine
-and whether the GPU's tree equals the CPU's (deaths and edges).  Before those, Borůvka's two
-schedules side by side (fixed rounds, neighbour lists, lists reading l2 rows from cdist instead of
+and whether the GPU's tree equals the CPU's (deaths and edges).  Before those, the fused kernel
+against Borůvka and the host path for batches of 16 clouds of 50 to 1,000 points (where "auto"
+should choose which), and Borůvka's two schedules side by side (fixed rounds, neighbour lists, lists reading l2 rows from cdist instead of
 the matmul expansion) for n = 500 to 5,000, to place boruvka.LIST_MIN_POINTS.  Then the
 autoencoder's training step at lambda = 20 and 0, and one epoch of CIFAR-10-sized random images through
 ``corel train --accelerator gpu``.  Cases predicted to overrun --budget seconds are skipped, and
@@ -45,6 +47,7 @@ CLOUD_CASES = [(1000, "l1"), (2000, "l1"), (5000, "l1"), (20000, "l1"), (20000, 
 CPU_MAX_POINTS = 20000
 D = 160
 SCHEDULE_POINTS = (500, 1000, 2000, 5000)
+FUSED_POINTS = (50, 100, 200, 500, 1000)
 
 
 def _torchph():
@@ -72,6 +75,19 @@ def _backward(fn):
     return run
 
 
+def _attempt(fn, *args):
+    """fn(*args), or the first line of the error it raised (a failed compile is reported, the
+    other columns stand)."""
+    try:
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
+def _cell(value) -> str:
+    return _ms(value) if isinstance(value, float) or value is None else "failed"
+
+
 def _oom_safe(fn, *args):
     try:
         return fn(*args)
@@ -81,19 +97,19 @@ def _oom_safe(fn, *args):
 
 
 def loss_cases(pershom, cuda: bool, results: list) -> None:
-    print(f"\n{'ConnectivityLoss fwd+bwd':<28} {'corel-gpu':>10} {'compiled':>10} {'corel-host':>10} {'corel-cpu':>10}"
-          f" {'torchph':>10} {'torchph/corel':>13}")
+    print(f"\n{'ConnectivityLoss fwd+bwd':<28} {'corel-gpu':>10} {'compiled':>10} {'triton':>10} {'corel-host':>10}"
+          f" {'corel-cpu':>10} {'torchph':>10} {'torchph/corel':>13}")
     for b, n, d in LOSS_CASES:
         shape = dict(codes=n, branches=b, dims=d)
         row = {"case": f"loss {b}x{n}x{d}", "corel_cpu": loss_time(200, "cpu", **shape)}
         if cuda:
             row["corel_gpu"] = loss_time(200, "cuda", **shape)
             row["corel_host"] = loss_time(200, "cuda", backend="native", **shape)
+            row["corel_triton"] = _attempt(lambda: loss_time(200, "cuda", backend="triton", **shape))
             if (b, n, d) == LOSS_CASES[0]:  # compiling takes tens of seconds: the paper's case only
-                try:  # the fixed rounds trace into one graph: CUDA graphs replay it in one launch
-                    row["corel_gpu_compiled"] = loss_time(200, "cuda", compile_mode="reduce-overhead", **shape)
-                except Exception as e:  # noqa: BLE001 - reported, the other columns stand
-                    row["corel_gpu_compiled"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                # the fixed rounds trace into one graph: CUDA graphs replay it in one launch
+                row["corel_gpu_compiled"] = _attempt(lambda: loss_time(200, "cuda", compile_mode="reduce-overhead",
+                                                                       **shape))
         if pershom is not None:
             z = torch.randn(n, b * d, device="cuda")
 
@@ -105,13 +121,11 @@ def loss_cases(pershom, cuda: bool, results: list) -> None:
                 return total
 
             row["torchph"] = timed(lambda: _backward(authors)(z), 20, warmup=2, cuda=True)[0]
-        best = min(t for t in (row.get("corel_gpu"), row.get("corel_host"), row.get("corel_gpu_compiled"))
-                   if isinstance(t, float)) if cuda else None
+        columns = ("corel_gpu", "corel_gpu_compiled", "corel_triton", "corel_host")
+        best = min(t for t in map(row.get, columns) if isinstance(t, float)) if cuda else None
         ratio = f"{row['torchph'] / best:.0f}x" if "torchph" in row and best else "-"
-        compiled = row.get("corel_gpu_compiled")
-        print(f"{row['case']:<28} {_ms(row.get('corel_gpu')):>10} "
-              f"{_ms(compiled) if not isinstance(compiled, str) else 'failed':>10} {_ms(row.get('corel_host')):>10} "
-              f"{_ms(row['corel_cpu']):>10} {_ms(row.get('torchph')):>10} {ratio:>13}", flush=True)
+        print(f"{row['case']:<28} " + " ".join(f"{_cell(row.get(c)):>10}" for c in columns)
+              + f" {_ms(row['corel_cpu']):>10} {_ms(row.get('torchph')):>10} {ratio:>13}", flush=True)
         results.append(row)
 
 
@@ -187,6 +201,22 @@ def _schedule(lists: bool, screen: bool = True):
         boruvka.LIST_MIN_POINTS, boruvka.SCREEN_MIN_DIM = saved
 
 
+def fused_cases(results: list) -> None:
+    """Where the fused kernel beats Borůvka and the host path: forward only, 16 clouds of n
+    points in dimension 10 (the loss's shape), by n."""
+    print(f"\n{'16 clouds x n, d=10, fwd':<28} {'triton':>10} {'torch':>10} {'host':>10}")
+    gen = torch.Generator().manual_seed(2)
+    for n in FUSED_POINTS:
+        x = torch.randn(16, n, 10, generator=gen).cuda()
+        row = {"case": f"fused n={n}"}
+        for backend, column in (("triton", "triton"), ("torch", "torch"), ("native", "host")):
+            row[column] = _attempt(lambda: timed(lambda: h0_persistence(x, "l1", backend=backend), 20, warmup=2,
+                                                 cuda=True)[0])
+        print(f"{row['case']:<28} {_cell(row['triton']):>10} {_cell(row['torch']):>10} {_cell(row['host']):>10}",
+              flush=True)
+        results.append(row)
+
+
 def schedule_cases(cuda: bool, results: list) -> None:
     """Where the neighbour lists start to pay (boruvka.LIST_MIN_POINTS) and what the l2 screening
     saves: forward only, backend "torch" on the GPU (or on this CPU without one)."""
@@ -208,11 +238,16 @@ def schedule_cases(cuda: bool, results: list) -> None:
 
 
 def training_cases(results: list, images: int) -> None:
-    t20, t0 = step_time(20.0, True, 50, "cuda"), step_time(0.0, True, 50, "cuda")
-    share = (t20 - t0) / t20
-    print(f"\nautoencoder step, batch 100: lambda=20 {t20 * 1e3:.2f} ms, lambda=0 {t0 * 1e3:.2f} ms: persistence is "
-          f"{100 * share:.0f}% of the step", flush=True)
-    results.append({"case": "training step", "lambda20": t20, "lambda0": t0, "persistence_share": share})
+    t0 = step_time(0.0, True, 50, "cuda")
+    for backend in ("auto", "triton"):
+        t20 = _attempt(step_time, 20.0, True, 50, "cuda", backend)
+        if isinstance(t20, str):
+            print(f"\nautoencoder step, backend {backend}: {t20}")
+            continue
+        share = (t20 - t0) / t20
+        print(f"\nautoencoder step, batch 100, backend {backend}: lambda=20 {t20 * 1e3:.2f} ms, lambda=0 "
+              f"{t0 * 1e3:.2f} ms: persistence is {100 * share:.0f}% of the step", flush=True)
+        results.append({"case": f"training step {backend}", "lambda20": t20, "lambda0": t0, "persistence_share": share})
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(0)
         np.savez(Path(tmp) / "data.npz", x_train=rng.integers(0, 256, (images, 3, 32, 32), dtype=np.uint8),
@@ -249,6 +284,8 @@ def main() -> None:
     pershom = None if args.no_torchph else _torchph()
     results: list = []
     loss_cases(pershom, cuda, results)
+    if cuda:
+        fused_cases(results)
     schedule_cases(cuda, results)
     cloud_cases(pershom, cuda, args.budget - (60 if cuda else 0), start, results)
     if cuda:
