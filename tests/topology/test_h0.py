@@ -287,9 +287,18 @@ def test_torch_engine_issues_few_operations():
     assert _top_level_ops(torch.randn(1, 2000, 10)) <= 3 * _top_level_ops(torch.randn(1, 100, 10))
 
 
-def test_single_point_gives_empty_result():
-    res = h0_persistence(torch.zeros(3, 1, 4))
+@pytest.mark.parametrize("backend", ENGINES)
+def test_single_points_and_empty_batches_give_empty_results(backend):
+    points = torch.zeros(3, 1, 4, requires_grad=True)
+    res = h0_persistence(points, backend=backend)
     assert res.deaths.shape == (3, 0) and res.edges.shape == (3, 0, 2)
+    res.deaths.sum().backward()  # a loss over no bars: zero gradients, not an error
+    assert torch.equal(points.grad, torch.zeros_like(points))
+    for batch in ((0,), (2, 0)):
+        res = h0_persistence(torch.zeros(*batch, 5, 3), backend=backend)
+        assert res.deaths.shape == (*batch, 4) and res.edges.shape == (*batch, 4, 2)
+        res = h0_persistence_from_distances(torch.zeros(*batch, 5, 5), backend=backend)
+        assert res.deaths.shape == (*batch, 4) and res.edges.shape == (*batch, 4, 2)
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -95,9 +95,12 @@ def _check_overflow(deaths: Tensor, largest: float, d: int, dtype: torch.dtype) 
                          f"({torch.finfo(dtype).max:.3g}); rescale the points or use a wider dtype")
 
 
-def _empty(shape: torch.Size, like: Tensor) -> H0:
-    deaths = like.new_zeros(*shape, 0)
-    return H0(deaths, torch.zeros(*shape, 0, 2, dtype=torch.long, device=like.device))
+def _empty(data: Tensor) -> H0:
+    """The diagrams of clouds of one point, or of an empty batch, of ``data`` (..., n, d or n):
+    (..., n-1) deaths without work, still attached to ``data``'s graph (zero gradients)."""
+    n = data.shape[-2]
+    deaths = data.flatten(-2)[..., : n - 1] * 0
+    return H0(deaths, torch.zeros(*deaths.shape, 2, dtype=torch.long, device=data.device))
 
 
 def h0_persistence(points: Tensor, metric: Metric = "l1", *, backend: str = "auto", check: bool = True) -> H0:
@@ -124,10 +127,10 @@ def h0_persistence(points: Tensor, metric: Metric = "l1", *, backend: str = "aut
     # Under torch.compile the checks that need the host are left out too, so the fixed rounds
     # trace into one graph.
     checked = check and not torch.compiler.is_compiling()
-    if n == 1:
+    if n == 1 or points.numel() == 0:
         if checked:
             check_finite(points, "points")
-        return _empty(points.shape[:-2], points)
+        return _empty(points)
     work = _work(points.reshape(-1, n, d))
     scale, top = _scale(work)
     if checked:
@@ -160,8 +163,8 @@ def h0_persistence_from_distances(dist: Tensor, *, backend: str = "auto") -> H0:
     check_distance_matrix(dist)
     engine = _engine(dist.device, backend)
     *batch, n, _ = dist.shape
-    if n == 1:
-        return _empty(dist.shape[:-2], dist)
+    if n == 1 or dist.numel() == 0:
+        return _empty(dist)
     flat = dist.reshape(-1, n, n)
     with torch.no_grad():
         # + 0.0 turns -0.0 into 0.0: the engines order lengths by their bits, where -0.0 would come first
