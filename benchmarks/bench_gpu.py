@@ -5,7 +5,8 @@
 One line per case, milliseconds, median of repeats, forward + backward:
   corel-gpu    corel on the GPU, backend "auto" (Borůvka in torch operations)
   compiled     the same loss through torch.compile(mode="reduce-overhead"): one CUDA graph
-  triton       corel on the GPU, backend "triton" (Prim, one fused Triton kernel for the batch)
+  triton       corel on the GPU, backend "triton" (Prim in one fused Triton kernel for clouds of
+               up to 1,024 points; beyond, Borůvka on rows from the Triton pairwise kernel)
   corel-host   corel on the GPU with the tree chosen by the compiled kernel on the host ("native")
   corel-cpu    corel on the CPU of the same machine (forward only, as in the issue's table)
   torchph      the paper's CUDA library, when importable (the checkout's .anchors/torchph, built on
@@ -45,6 +46,7 @@ LOSS_CASES = [(16, 100, 10), (16, 150, 10)]
 CLOUD_CASES = [(1000, "l1"), (2000, "l1"), (5000, "l1"), (20000, "l1"), (20000, "l2"), (50000, "l1"),
                (50000, "l2"), (100000, "l1"), (100000, "l2")]
 CPU_MAX_POINTS = 20000
+TRITON_MAX_POINTS = 20000  # the targets' range; 50,000 and 100,000 are about memory
 D = 160
 SCHEDULE_POINTS = (500, 1000, 2000, 5000)
 FUSED_POINTS = (50, 100, 200, 500, 1000)
@@ -85,7 +87,10 @@ def _attempt(fn, *args):
 
 
 def _cell(value) -> str:
-    return _ms(value) if isinstance(value, float) or value is None else "failed"
+    """A table cell: milliseconds, "-" (not run), "OOM" or "failed" (the JSON keeps the error)."""
+    if isinstance(value, float) or value is None:
+        return _ms(value)
+    return "OOM" if value == "out of memory" else "failed"
 
 
 def _oom_safe(fn, *args):
@@ -139,8 +144,8 @@ def _predicted(n: int, metric: str, measured: dict) -> float | None:
 
 
 def cloud_cases(pershom, cuda: bool, budget: float, start: float, results: list) -> None:
-    print(f"\n{'one cloud, d=160, fwd+bwd':<28} {'corel-gpu':>10} {'cdist':>10} {'corel/cdist':>11} {'corel-cpu':>10}"
-          f" {'torchph':>12} {'same tree':>9}")
+    print(f"\n{'one cloud, d=160, fwd+bwd':<28} {'corel-gpu':>10} {'triton':>10} {'cdist':>10} {'corel/cdist':>11}"
+          f" {'triton/cdist':>12} {'corel-cpu':>10} {'torchph':>12} {'same tree':>9}")
     measured: dict[tuple[int, str], float] = {}
     gen = torch.Generator().manual_seed(0)
     for n, metric in CLOUD_CASES:
@@ -170,6 +175,13 @@ def cloud_cases(pershom, cuda: bool, budget: float, start: float, results: list)
                     gpu = h0_persistence(xg, metric)
                     row["same_tree"] = bool(torch.equal(gpu.edges.cpu(), cpu.edges) and torch.equal(gpu.deaths.cpu(), cpu.deaths))
                     row["max_death_difference"] = float((gpu.deaths.cpu() - cpu.deaths).abs().max())
+            if n <= TRITON_MAX_POINTS:
+                fused = _backward(lambda v: h0_persistence(v, metric, backend="triton").deaths.sum())
+                row["triton"] = _attempt(lambda: _oom_safe(lambda: timed(lambda: fused(xg), repeats, cuda=True)[0]))
+                if cpu is not None and isinstance(row["triton"], float):
+                    gpu = h0_persistence(xg, metric, backend="triton")
+                    row["same_tree_triton"] = bool(torch.equal(gpu.edges.cpu(), cpu.edges)
+                                                   and torch.equal(gpu.deaths.cpu(), cpu.deaths))
             if n <= 50000:
                 cd = _oom_safe(lambda: timed(lambda: torch.cdist(xg, xg, p=p), repeats, cuda=True)[0])
                 row["cdist"] = cd
@@ -179,11 +191,12 @@ def cloud_cases(pershom, cuda: bool, budget: float, start: float, results: list)
                 row["torchph"] = res
             del xg
             torch.cuda.empty_cache()
-        ratio = f"{row['corel_gpu'] / row['cdist']:.2f}" if isinstance(row.get("corel_gpu"), float) and \
-            isinstance(row.get("cdist"), float) else "-"
+        ratios = [f"{row[c] / row['cdist']:.2f}" if isinstance(row.get(c), float) and isinstance(row.get("cdist"), float)
+                  else "-" for c in ("corel_gpu", "triton")]
         fmt = {k: (_ms(v) if isinstance(v, float) or v is None else v) for k, v in row.items()}
-        print(f"{row['case']:<28} {fmt.get('corel_gpu', '-'):>10} {fmt.get('cdist', '-'):>10} {ratio:>11} "
-              f"{fmt.get('corel_cpu', '-'):>10} {fmt.get('torchph', '-'):>12} {str(row.get('same_tree', '-')):>9}",
+        same = "/".join(str(row[k]) for k in ("same_tree", "same_tree_triton") if k in row) or "-"
+        print(f"{row['case']:<28} {fmt.get('corel_gpu', '-'):>10} {_cell(row.get('triton')):>10} {fmt.get('cdist', '-'):>10}"
+              f" {ratios[0]:>11} {ratios[1]:>12} {fmt.get('corel_cpu', '-'):>10} {fmt.get('torchph', '-'):>12} {same:>9}",
               flush=True)
         results.append(row)
 

@@ -33,7 +33,7 @@ Two schedules share that round:
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -58,6 +58,9 @@ _BYTES_PER_ENTRY = 21
 
 # Metrics whose compared values are sums in corel's fixed order (corel.topology.distances).
 FIXED_ORDER = (1.0, 2.0)
+# A kernel for those values: (a (..., m, d), b (..., n, d), p) -> (..., m, n), equal bit for bit to
+# fixed_order_pairwise with memory O(m n) (corel.topology.fused.pairwise_values).
+Pairwise = Callable[[Tensor, Tensor, float], Tensor]
 
 _MAX = torch.iinfo(torch.int64).max
 _LOW32 = 0xFFFFFFFF
@@ -176,9 +179,12 @@ def _selection_values(a: Tensor, b: Tensor, p: float) -> Tensor:
     return torch.cdist(a, b, p=p, compute_mode=_EXACT)
 
 
-def _selection_rows(a: Tensor, b: Tensor, p: float) -> Tensor:
-    """:func:`_selection_values` of ``a`` (B, m, d) against ``b`` (B, n, d), in pieces of ``a``'s
-    rows so that the fixed-order differences stay within TILE_ELEMENTS entries."""
+def _selection_rows(a: Tensor, b: Tensor, p: float, pairwise: Pairwise | None) -> Tensor:
+    """:func:`_selection_values` of ``a`` (B, m, d) against ``b`` (B, n, d), by the ``pairwise``
+    kernel where one is given, else in pieces of ``a``'s rows so that the fixed-order differences
+    stay within TILE_ELEMENTS entries."""
+    if pairwise is not None and p in FIXED_ORDER:
+        return pairwise(a, b, p)
     (batch, m, d), n = a.shape, b.shape[1]
     rows = max(1, TILE_ELEMENTS // (batch * n * _padded(d)))
     if rows >= m:
@@ -206,26 +212,27 @@ def _merge(comp: Tensor, lightest, keys_of, idx: Tensor, r: int, last: bool):
     return parent.gather(1, comp), merged
 
 
-def minimum_spanning_tree(data: Tensor, p: float | None) -> Tensor:
+def minimum_spanning_tree(data: Tensor, p: float | None, pairwise: Pairwise | None = None) -> Tensor:
     """Minimum spanning trees of clouds ``data`` (B, n, d) under the l_p metric, or of distance
     matrices (B, n, n) when ``p`` is None -> edges (B, n-1, 2) int64 (i < j), ordered by (length,
-    i, j).  ``data`` is finite, float32 or float64; no autograd."""
+    i, j).  ``data`` is finite, float32 or float64; no autograd.  With a ``pairwise`` kernel, the
+    l1 and l2 values come from it (whole rows, exact) instead of torch operations and cdist."""
     b, n = data.shape[0], data.shape[1]
     if n < LIST_MIN_POINTS and (p is None or whole_matrix_fits(b, n, data.device)):
         keys_of = edge_keys(data.dtype, n)
-        chosen = _fixed_rounds(data, p, keys_of)
+        chosen = _fixed_rounds(data, p, keys_of, pairwise)
     else:
         keys_of = _Pairs(n)
-        chosen = _listed_rounds(_Rows(data, p), keys_of)
+        chosen = _listed_rounds(_Rows(data, p, pairwise), keys_of)
     eid = keys_of.sorted_edges(keys_of.cat(chosen))[:, : n - 1]  # exactly n - 1 merges were recorded
     return torch.stack([eid // n, eid % n], dim=-1)
 
 
-def _fixed_rounds(data: Tensor, p: float | None, keys_of) -> list:
+def _fixed_rounds(data: Tensor, p: float | None, keys_of, pairwise: Pairwise | None) -> list:
     """floor(log2 n) rounds over the whole (B, n, n) matrix, no host synchronisation."""
     b, n = data.shape[0], data.shape[1]
     idx = torch.arange(n, device=data.device)
-    dist = data if p is None else _selection_rows(data, data, p)  # distance matrices as they are
+    dist = data if p is None else _selection_rows(data, data, p, pairwise)  # distance matrices as they are
     packed = isinstance(keys_of, _Packed)
     if packed:  # one int64 matrix: every round is then a masked minimum over it
         dist = keys_of.of(dist, _edge_ids(idx[:, None], idx, n))
@@ -295,13 +302,15 @@ class _Rows:
     neighbours only, and bounds every unlisted value from below by the approximation's proven
     error; a row whose bound does not clear its listed best is computed in the fixed order whole.
     Other metrics (linf: a maximum, exact in any order; other p; distance matrices) compare what
-    they read."""
+    they read.  With a ``pairwise`` kernel, l1 and l2 rows are read from it: exact values, so the
+    bounds always decide except among ties."""
 
-    def __init__(self, data: Tensor, p: float | None):
+    def __init__(self, data: Tensor, p: float | None, pairwise: Pairwise | None = None):
         self.data, self.p = data, p
         self.b, self.n, d = data.shape
         self.verified = p in FIXED_ORDER
-        self.screen = p == 2.0 and d >= SCREEN_MIN_DIM
+        self.pairwise = pairwise if self.verified else None
+        self.screen = p == 2.0 and d >= SCREEN_MIN_DIM and self.pairwise is None
         u = torch.finfo(data.dtype).eps / 2
         # a fixed-order value is within (d + 1) u of the true sum (relative), cdist's too, plus the
         # squaring of cdist's l2 root: the lower bounds shrink by this, with a factor 4 to spare
@@ -324,6 +333,8 @@ class _Rows:
     def _block(self, cloud, rows) -> Tensor:
         """Row values of ``rows`` of ``cloud`` (an index or a slice) against the whole cloud: the
         compared values, or for l1 and l2 their approximations (squared for l2)."""
+        if self.pairwise is not None:
+            return self.pairwise(self.data[cloud][..., rows, :], self.data[cloud], self.p)
         if self.screen:
             c, s = self.centred[cloud], self.norms[cloud]
             return torch.matmul(c[..., rows, :], c.mT).mul_(-2).add_(s[..., rows, None]).add_(s[..., None, :])
@@ -376,6 +387,6 @@ class _Rows:
         found = []
         for cloud, rows in self._chunks(flat, True):
             pts = self.data[cloud: cloud + 1]
-            values = _selection_rows(pts[:, rows - cloud * self.n], pts, self.p)[0]
+            values = _selection_rows(pts[:, rows - cloud * self.n], pts, self.p, self.pairwise)[0]
             found.append(values.masked_fill_(self._inside(rows, comp), math.inf).min(dim=1))
         return torch.cat([w for w, _ in found]), torch.cat([u for _, u in found])

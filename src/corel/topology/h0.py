@@ -5,9 +5,9 @@ filtration value of an edge is the full pairwise distance, not half of it).  Edg
 (length, smaller index, larger index), which makes the tree unique; an engine finds it without
 autograd: the compiled Prim (``backend="native"``, on the host: CPU tensors directly, others
 through one small copy each way) or Borůvka in torch operations on the tensors' own device
-(``backend="torch"``, :mod:`corel.topology.boruvka`), or for small clouds on a GPU Prim in one
-fused Triton kernel per batch (``backend="triton"``, :mod:`corel.topology.fused_prim`).  All give
-the same tree.  The death times
+(``backend="torch"``, :mod:`corel.topology.boruvka`), or Triton kernels on a GPU
+(``backend="triton"``, :mod:`corel.topology.fused`: Prim fused into one kernel for small clouds,
+Borůvka reading kernel-computed rows for larger ones).  All give the same tree.  The death times
 are then the distances at the tree's edges, recomputed with autograd, so ``d(death)/d(points)`` is
 exact wherever the tree is unique.
 
@@ -58,7 +58,7 @@ def _tree(data: Tensor, p: float | None, engine: str) -> Tensor:
         return mst_edges(data, p).to(data.device)
     if engine == "triton":
         # imports triton, which only this backend needs
-        from corel.topology.fused_prim import minimum_spanning_tree as fused_tree
+        from corel.topology.fused import minimum_spanning_tree as fused_tree
 
         return fused_tree(data, p)
     return minimum_spanning_tree(data, p)
@@ -110,8 +110,8 @@ def h0_persistence(points: Tensor, metric: Metric = "l1", *, backend: str = "aut
     points' dtype) and their edges, ties in ascending (i, j) order.  All leading dimensions are
     clouds computed in one call.  Duplicate points give death times of exactly 0, which are kept.
     ``backend``: "auto" (the compiled kernel on CPU, Borůvka elsewhere), "native", "torch" or
-    "triton" (one fused kernel for clouds of up to 1,024 points on a GPU, Borůvka beyond); all
-    return the same tree.  On CPU the native kernel never builds the n x n matrix (memory O(n d));
+    "triton" (on a GPU: one fused kernel for clouds of up to 1,024 points, Borůvka on kernel-computed
+    rows beyond); all return the same tree.  On CPU the native kernel never builds the n x n matrix (memory O(n d));
     Borůvka keeps one matrix only while it fits and otherwise scans rows in tiles, so 100,000
     points of dimension 160 fit.
 
