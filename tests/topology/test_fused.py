@@ -3,13 +3,17 @@ matrices, the loss's gradients, the pairwise kernel and Borůvka on it, the clou
 Borůvka, and the errors.  Without a GPU they run in Triton's interpreter (conftest sets
 TRITON_INTERPRET=1)."""
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 
 from corel import ConnectivityLoss, h0_persistence, h0_persistence_from_distances  # noqa: E402
 from corel.topology import boruvka, fused, h0  # noqa: E402
@@ -21,8 +25,8 @@ def test_distance_matrices_give_the_native_tree(rng):
     grid = torch.from_numpy(np.abs(pts[:, :, None] - pts[:, None]).sum(-1))  # many exact ties
     noise = torch.from_numpy(rng.random((2, 30, 30)))
     for matrix in (grid, grid.float(), noise + noise.mT):  # the last one is not a metric
-        native, fused = (h0_persistence_from_distances(matrix, backend=b) for b in ("native", "triton"))
-        assert torch.equal(native.edges, fused.edges) and torch.equal(native.deaths, fused.deaths)
+        native, kernels = (h0_persistence_from_distances(matrix, backend=b) for b in ("native", "triton"))
+        assert torch.equal(native.edges, kernels.edges) and torch.equal(native.deaths, kernels.deaths)
 
 
 def test_loss_gradients_equal_the_native_engine(rng):
@@ -57,8 +61,8 @@ def test_boruvka_on_the_pairwise_kernel_gives_the_native_tree(rng, monkeypatch, 
     for cloud in clouds:
         for dtype in (torch.float32, torch.float64):
             x = torch.from_numpy(cloud).to(dtype)
-            native, triton = (h0_persistence(x, metric, backend=b) for b in ("native", "triton"))
-            assert torch.equal(native.edges, triton.edges) and torch.equal(native.deaths, triton.deaths)
+            native, kernels = (h0_persistence(x, metric, backend=b) for b in ("native", "triton"))
+            assert torch.equal(native.edges, kernels.edges) and torch.equal(native.deaths, kernels.deaths)
 
 
 def test_clouds_the_kernels_do_not_take_go_to_plain_boruvka(rng, monkeypatch):
@@ -69,8 +73,8 @@ def test_clouds_the_kernels_do_not_take_go_to_plain_boruvka(rng, monkeypatch):
                         lambda data, p, pairwise=None: calls.append((p, pairwise)) or original(data, p, pairwise))
     for n, metric in ((21, "l1"), (21, "linf"), (20, 3.0)):  # too many points; a metric with torch's rounding
         x = torch.from_numpy(rng.normal(size=(2, n, 5)))
-        triton, native = (h0_persistence(x, metric, backend=b) for b in ("triton", "native"))
-        assert torch.equal(triton.edges, native.edges) and torch.equal(triton.deaths, native.deaths)
+        kernels, native = (h0_persistence(x, metric, backend=b) for b in ("triton", "native"))
+        assert torch.equal(kernels.edges, native.edges) and torch.equal(kernels.deaths, native.deaths)
     assert calls == [(1.0, fused.pairwise_values), (math.inf, None), (3.0, None)]
     assert fused.fits(20, 1.0) and fused.fits(20, None) and not fused.fits(20, 3.0)
 
@@ -90,3 +94,57 @@ def test_without_a_device_or_the_package_it_says_so(monkeypatch):
     monkeypatch.setattr(h0.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ValueError, match="needs the triton package"):
         h0_persistence(x, backend="triton")
+
+
+# Compiles both kernels for an H100 (sm_90) with Triton's own toolchain, no GPU needed, and counts
+# fused multiply-adds in the PTX and in the machine code, with fusion off (as launched) and on.
+_COMPILE_FOR_H100 = """
+import json, os, subprocess, sys, tempfile
+import triton
+import triton.backends.nvidia as nvidia
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import corel.topology.fused as fused
+
+cuobjdump = os.path.join(os.path.dirname(nvidia.__file__), "bin", "cuobjdump")
+if not os.path.exists(cuobjdump):
+    print(json.dumps("triton ships no cuobjdump here"))
+    sys.exit()
+prim = {"data": "*fp32", "values_out": "*fp32", "edges_out": "*i64", "n": "i32", "d": "i32"}
+pairwise = {"a": "*fp32", "b": "*fp32", "out": "*fp32", "m": "i32", "n": "i32", "d": "i32"}
+cases = [(fused._prim, prim, {"METRIC": m, "BLOCK": 128}, fused._warps(128), m == 2) for m in (1, 2)]
+cases += [(fused._pairwise, pairwise, {"SQUARED": s, "TILE": fused._TILE}, 4, s) for s in (False, True)]
+found = []
+for fusion in (False, True):
+    for fn, signature, constants, warps, squared in cases:
+        source = ASTSource(fn, {**signature, **{name: "constexpr" for name in constants}}, constants)
+        kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                                options={"num_warps": warps, "enable_fp_fusion": fusion})
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+            cubin.write(kernel.asm["cubin"])
+            cubin.flush()
+            sass = subprocess.run([cuobjdump, "-sass", cubin.name], capture_output=True, text=True, check=True).stdout
+        found.append(dict(fusion=fusion, kernel=fn.__name__, squared=squared, ptx=kernel.asm["ptx"].count("fma."),
+                          sass=sass.count("FFMA")))
+print(json.dumps(found))
+"""
+
+
+@pytest.mark.skipif(tuple(map(int, triton.__version__.split(".")[:2])) < (3, 5),
+                    reason="written against Triton 3.5+'s ahead-of-time compile API (checked with 3.9)")
+def test_kernels_compile_for_an_h100_without_multiply_adds():
+    """As launched (fusion off), neither kernel contracts a multiply and an add into one rounding,
+    so GPU values equal the CPU's; with fusion on, the squared sums would (the check has teeth)."""
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _COMPILE_FOR_H100], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.splitlines()[-1])
+    if isinstance(found, str):
+        pytest.skip(found)
+    assert len(found) == 8
+    for case in found:
+        if not case["fusion"]:
+            assert case["ptx"] == 0 and case["sass"] == 0, case
+        elif case["squared"]:
+            assert case["sass"] > 0, case
