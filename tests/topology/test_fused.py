@@ -43,19 +43,23 @@ def test_loss_gradients_equal_the_native_engine(rng):
 @pytest.mark.parametrize("p", [1.0, 2.0])
 def test_pairwise_values_equal_the_fixed_order_sums(rng, dtype, p):
     """Tiles cut through both sides (m, n not multiples of 32) and d not a multiple of 8."""
-    for shape_a, shape_b in (((37, 13), (70, 13)), ((2, 33, 21), (2, 5, 21)), ((1, 3, 8), (1, 40, 8))):
+    for shape_a, shape_b in (((37, 13), (70, 13)), ((2, 33, 21), (2, 5, 21)), ((1, 3, 8), (1, 40, 8)),
+                             ((0, 4), (6, 4)), ((2, 0, 4), (2, 6, 4))):  # no rows (Borůvka's tiles can ask)
         a = torch.from_numpy(rng.normal(size=shape_a) * 1e-3 + 100).to(dtype)  # clustered: rounding matters
         b = torch.from_numpy(rng.normal(size=shape_b) * 1e-3 + 100).to(dtype)
         assert torch.equal(fused.pairwise_values(a, b, p), fixed_order_pairwise(a, b, p))
 
 
-@pytest.mark.parametrize("schedule", ["fixed rounds", "neighbour lists"])
+@pytest.mark.parametrize("schedule", ["fixed rounds", "neighbour lists", "neighbour lists in row tiles"])
 @pytest.mark.parametrize("metric", ["l1", "l2"])
 def test_boruvka_on_the_pairwise_kernel_gives_the_native_tree(rng, monkeypatch, schedule, metric):
     monkeypatch.setattr(fused, "FUSED_MAX_POINTS", 0)  # every cloud past the fused Prim
-    monkeypatch.setattr(boruvka, "LIST_MIN_POINTS", 0 if schedule == "neighbour lists" else 1 << 20)
+    monkeypatch.setattr(boruvka, "LIST_MIN_POINTS", 1 << 20 if schedule == "fixed rounds" else 0)
     monkeypatch.setattr(boruvka, "LIST_LENGTH", 3)  # lists that run out: rescans and whole rows
-    clouds = [rng.normal(size=(2, 70, 20)), np.repeat(rng.normal(size=(1, 15, 20)), 4, axis=1),
+    if schedule.endswith("row tiles"):
+        monkeypatch.setattr(boruvka, "FULL_MATRIX_ELEMENTS", 0)
+        monkeypatch.setattr(boruvka, "TILE_ELEMENTS", 37 * 70)  # 37 rows a tile
+    clouds = [rng.normal(size=(3, 70, 20)), np.repeat(rng.normal(size=(2, 15, 20)), 4, axis=1),
               rng.integers(0, 3, size=(1, 60, 3)).astype(float),
               np.concatenate([rng.normal(size=(1, 30, 40)) * 1e-3 + 100, rng.normal(size=(1, 30, 40)) * 1e-3 - 100], 1)]
     for cloud in clouds:

@@ -153,11 +153,12 @@ def pairwise_values(a: Tensor, b: Tensor, p: float) -> Tensor:
     :func:`corel.topology.distances.fixed_order_pairwise`; memory O(m n).  Float32 or float64,
     on the kernels' device."""
     *batch, m, d = a.shape
-    n = b.shape[-2]
-    a3, b3 = a.reshape(-1, m, d).contiguous(), b.reshape(-1, n, d).contiguous()
-    out = torch.empty(a3.shape[0], m, n, dtype=a.dtype, device=a.device)
-    grid = (triton.cdiv(m, _TILE), triton.cdiv(n, _TILE), a3.shape[0])
-    _pairwise[grid](a3, b3, out, m, n, d, SQUARED=p == 2.0, TILE=_TILE, num_warps=4, enable_fp_fusion=False)
+    n, clouds = b.shape[-2], math.prod(batch)
+    out = torch.empty(clouds, m, n, dtype=a.dtype, device=a.device)
+    if out.numel():  # Borůvka's row tiles can ask for no rows of a cloud
+        a3, b3 = a.reshape(clouds, m, d).contiguous(), b.reshape(clouds, n, d).contiguous()
+        grid = (triton.cdiv(m, _TILE), triton.cdiv(n, _TILE), clouds)
+        _pairwise[grid](a3, b3, out, m, n, d, SQUARED=p == 2.0, TILE=_TILE, num_warps=4, enable_fp_fusion=False)
     return out.reshape(*batch, m, n)
 
 
