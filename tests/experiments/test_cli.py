@@ -17,6 +17,7 @@ from corel.experiments.cli import main
     (["train", "--data", "digits", "--out", "x", "--metric", "0.5"], "--metric: metric order p must be >= 1"),
     (["train", "--data", "digits", "--out", "x", "--eta", "inf"], "--eta: must be a finite number"),
     (["train", "--data", "digits", "--out", "x", "--epochs", "x"], "--epochs: expected an integer"),
+    (["train", "--data", "digits", "--out", "x", "--h0-backend", "cuda"], "--h0-backend: invalid choice: 'cuda'"),
     (["evaluate", "--backbone", "b.pt", "--data", "digits", "--out", "x", "--radius", "nan"], "--radius: must be a finite"),
 ])
 def test_bad_arguments_give_one_line_error(argv, message, capsys):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import ENGINES
 from corel.detection.backbone import Backbone
 from corel.experiments.datasets import load_dataset
 from corel.detection.models import AutoencoderConfig
@@ -32,9 +33,9 @@ def digits():
     return load_dataset("digits").x_train[:400]
 
 
-def run(images, out, epochs, resume=False, lam=1.0):
+def run(images, out, epochs, resume=False, lam=1.0, h0_backend="auto"):
     return train(images, out, CFG, TrainConfig(epochs=epochs, batch_size=40, eta=1.0, lam=lam, seed=3),
-                 resume=resume, accelerator="cpu", devices=1, progress=False)
+                 resume=resume, accelerator="cpu", devices=1, progress=False, h0_backend=h0_backend)
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # a module outside a Trainer
@@ -70,6 +71,17 @@ def test_resume_equals_uninterrupted(tmp_path, digits):
     resumed = run(digits, tmp_path / "b", epochs=3, resume=True)
     for (k, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         torch.testing.assert_close(a, b, msg=k)
+
+
+@pytest.mark.parametrize("backend", ENGINES[1:])
+def test_every_h0_engine_trains_the_same_backbone_and_a_resume_may_switch(tmp_path, digits, backend):
+    """The engines give the same deaths bit for bit, so the weights match; the engine is no setting."""
+    straight = run(digits, tmp_path / "native", epochs=3, h0_backend="native")
+    other = run(digits, tmp_path / backend, epochs=2, h0_backend=backend)
+    resumed = run(digits, tmp_path / backend, epochs=3, resume=True, h0_backend="native")
+    assert other.info["epochs_completed"] == 2
+    for (k, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), k
 
 
 def test_existing_run_and_corrupt_checkpoint(tmp_path, digits):

@@ -125,6 +125,8 @@ def _add_data_args(p: argparse.ArgumentParser, default: str | None = None) -> No
 
 def _add_train_args(p: argparse.ArgumentParser, grid: bool = False) -> None:
     """Training flags; ``grid``: lambda and the branch layout are lists (corel ablate)."""
+    from corel.topology.h0 import BACKENDS
+
     g = p.add_argument_group("training (defaults: the authors' setup)")
     g.add_argument("--epochs", type=_int_at_least(1), default=50)
     g.add_argument("--batch-size", type=_int_at_least(2), default=100)
@@ -150,6 +152,9 @@ def _add_train_args(p: argparse.ArgumentParser, grid: bool = False) -> None:
     g.add_argument("--devices", type=_devices, default="auto", help="Lightning devices: auto, a count, or a list like 0,1")
     g.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (the default for several devices)")
     g.add_argument("--num-nodes", type=_int_at_least(1), default=1)
+    g.add_argument("--h0-backend", choices=BACKENDS, default="auto",
+                   help="engine of the connectivity loss's persistence: auto (compiled kernel on CPU, Borůvka on "
+                        "GPU), native, torch, or triton (fused GPU kernels; needs triton); all give the same results")
 
 
 def _train_config(args: argparse.Namespace, lam: float | None = None):
@@ -161,7 +166,7 @@ def _train_config(args: argparse.Namespace, lam: float | None = None):
 
 def _trainer_kwargs(args: argparse.Namespace) -> dict:
     return {"accelerator": args.accelerator, "devices": args.devices, "num_nodes": args.num_nodes,
-            "strategy": args.strategy}
+            "strategy": args.strategy, "h0_backend": args.h0_backend}
 
 
 def _backbone(spec: str):

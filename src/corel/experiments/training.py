@@ -81,13 +81,14 @@ class ConnectivityAutoencoder(L.LightningModule):
     death_min, death_max and death_near_eta (fraction within [0.9 eta, 1.1 eta]).
     """
 
-    def __init__(self, model_config: dict, eta: float = 2.0, lam: float = 20.0, metric: str = "l1", lr: float = 1e-3):
+    def __init__(self, model_config: dict, eta: float = 2.0, lam: float = 20.0, metric: str = "l1", lr: float = 1e-3,
+                 h0_backend: str = "auto"):
         super().__init__()
         self.save_hyperparameters()
         self.model = BranchedAutoencoder(AutoencoderConfig.from_dict(model_config))
         # unchecked: no host synchronisation per step; a diverged batch gives a non-finite loss,
         # counted on the device and reported at the end of the epoch (see check_diverged)
-        self.connectivity = ConnectivityLoss(eta, metric, self.model.config.branches, check=False)
+        self.connectivity = ConnectivityLoss(eta, metric, self.model.config.branches, backend=h0_backend, check=False)
         self.lam = lam
         self.lr = lr
         self._channels_last = self.model.config.kind == "conv"
@@ -357,6 +358,7 @@ def train(
     devices: int | str = "auto",
     num_nodes: int = 1,
     strategy: str = "auto",
+    h0_backend: str = "auto",
     progress: bool = True,
     info: dict | None = None,
 ) -> Backbone:
@@ -367,7 +369,9 @@ def train(
     the unfinished epoch; it is refused when a setting (architecture, optimisation, data) differs
     from the stored one, and ``config.epochs`` may only grow.  A finished run with nothing left to
     do is left unchanged: its backbone is returned and the log (logger "corel") says so.
-    ``info``: metadata about the data (e.g. its name), also part of the settings.
+    ``info``: metadata about the data (e.g. its name), also part of the settings.  ``h0_backend``:
+    the H0 engine of the connectivity loss (:func:`~corel.topology.h0.h0_persistence`); every
+    engine gives the same results, so it is not a setting and a resume may change it.
     """
     out = Path(out_dir)
     settings = run_settings(images, model_config, config, info)
@@ -409,7 +413,8 @@ def train(
                          f"to continue it to {config.epochs}; choose another output folder")
 
     L.seed_everything(config.seed, workers=True, verbose=False)
-    module = ConnectivityAutoencoder(model_config.to_dict(), config.eta, config.lam, config.metric, config.lr)
+    module = ConnectivityAutoencoder(model_config.to_dict(), config.eta, config.lam, config.metric, config.lr,
+                                     h0_backend)
     module.run_record = {"settings": settings}
     data = ImageDataModule(images, config.batch_size, config.seed)
     with quiet_lightning():
