@@ -88,10 +88,10 @@ def _attempt(fn, *args):
 
 
 def _cell(value) -> str:
-    """A table cell: milliseconds, "-" (not run), "OOM" or "failed" (the JSON keeps the error)."""
+    """A table cell: milliseconds, "-" (not run), "OOM", "skipped" or "failed" (the JSON keeps why)."""
     if isinstance(value, float) or value is None:
         return _ms(value)
-    return "OOM" if value == "out of memory" else "failed"
+    return {"out of memory": "OOM"}.get(value, "skipped" if value.startswith("skipped") else "failed")
 
 
 def _oom_safe(fn, *args):
@@ -148,6 +148,7 @@ def cloud_cases(pershom, cuda: bool, budget: float, start: float, results: list)
     print(f"\n{'one cloud, d=160, fwd+bwd':<28} {'corel-gpu':>10} {'triton':>10} {'cdist':>10} {'corel/cdist':>11}"
           f" {'triton/cdist':>12} {'corel-cpu':>10} {'torchph':>12} {'same tree':>9}")
     measured: dict[tuple[int, str], float] = {}
+    measured_triton: dict[tuple[int, str], float] = {}
     gen = torch.Generator().manual_seed(0)
     for n, metric in CLOUD_CASES:
         x = torch.randn(n, D, generator=gen)
@@ -176,9 +177,14 @@ def cloud_cases(pershom, cuda: bool, budget: float, start: float, results: list)
                     gpu = h0_persistence(xg, metric)
                     row["same_tree"] = bool(torch.equal(gpu.edges.cpu(), cpu.edges) and torch.equal(gpu.deaths.cpu(), cpu.deaths))
                     row["max_death_difference"] = float((gpu.deaths.cpu() - cpu.deaths).abs().max())
-            if n <= TRITON_MAX_POINTS:
+            guess = _predicted(n, metric, measured_triton)
+            if n <= TRITON_MAX_POINTS and guess is not None and time.perf_counter() - start + 3 * guess > budget:
+                row["triton"] = f"skipped: predicted {guess:.0f} s per run, over the budget"
+            elif n <= TRITON_MAX_POINTS:
                 fused = _backward(lambda v: h0_persistence(v, metric, backend="triton").deaths.sum())
                 row["triton"] = _attempt(lambda: _oom_safe(lambda: timed(lambda: fused(xg), repeats, cuda=True)[0]))
+                if isinstance(row["triton"], float):
+                    measured_triton[(n, metric)] = row["triton"]
                 if cpu is not None and isinstance(row["triton"], float):
                     gpu = h0_persistence(xg, metric, backend="triton")
                     row["same_tree_triton"] = bool(torch.equal(gpu.edges.cpu(), cpu.edges)
