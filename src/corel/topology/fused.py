@@ -25,6 +25,7 @@ on CPU tensors, slowly (CI tests them that way).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -137,6 +138,11 @@ def _pairwise(a, b, out, m, n, d, SQUARED: tl.constexpr, TILE: tl.constexpr):
              mask=(rows < m)[:, None] & (cols < n)[None, :])
 
 
+def _on(x: Tensor):
+    """Launches on ``x``'s GPU: Triton launches on the current CUDA device, which may be another."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
 def _warps(block: int) -> int:
     """Warps per Prim program: one per 128 vertex slots, 1 to 8."""
     return min(8, max(1, block // 128))
@@ -158,7 +164,8 @@ def pairwise_values(a: Tensor, b: Tensor, p: float) -> Tensor:
     if out.numel():  # Borůvka's row tiles can ask for no rows of a cloud
         a3, b3 = a.reshape(clouds, m, d).contiguous(), b.reshape(clouds, n, d).contiguous()
         grid = (triton.cdiv(m, _TILE), triton.cdiv(n, _TILE), clouds)
-        _pairwise[grid](a3, b3, out, m, n, d, SQUARED=p == 2.0, TILE=_TILE, num_warps=4, enable_fp_fusion=False)
+        with _on(a3):
+            _pairwise[grid](a3, b3, out, m, n, d, SQUARED=p == 2.0, TILE=_TILE, num_warps=4, enable_fp_fusion=False)
     return out.reshape(*batch, m, n)
 
 
@@ -181,8 +188,9 @@ def minimum_spanning_tree(data: Tensor, p: float | None) -> Tensor:
     values = torch.empty(b, n - 1, dtype=data.dtype, device=data.device)
     eids = torch.empty(b, n - 1, dtype=torch.int64, device=data.device)
     block = max(16, triton.next_power_of_2(n))
-    _prim[(b,)](data, values, eids, n, d, METRIC=_MATRIX if p is None else _CODES[p], BLOCK=block,
-                num_warps=_warps(block), enable_fp_fusion=False)
+    with _on(data):
+        _prim[(b,)](data, values, eids, n, d, METRIC=_MATRIX if p is None else _CODES[p], BLOCK=block,
+                    num_warps=_warps(block), enable_fp_fusion=False)
     keys_of = boruvka.edge_keys(data.dtype, n)
     eid = keys_of.sorted_edges(keys_of.of(values, eids))
     return torch.stack([eid // n, eid % n], dim=-1)
