@@ -306,7 +306,8 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=270.0, help="seconds for the whole script")
     parser.add_argument("--no-torchph", action="store_true")
     parser.add_argument("--epoch-images", type=int, default=50000)
-    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="also write the results as JSON here (after every section, so a timeout keeps them)")
     args = parser.parse_args()
     start = time.perf_counter()
     cuda = torch.cuda.is_available()
@@ -314,18 +315,17 @@ def main() -> None:
     print(f"{device}; torch {torch.__version__}; {os.cpu_count()} CPU cores, {torch.get_num_threads()} threads")
     pershom = None if args.no_torchph else _torchph()
     results: list = []
-    loss_cases(pershom, cuda, results)
-    if cuda:
-        fused_cases(results)
-    schedule_cases(cuda, results)
-    cloud_cases(pershom, cuda, args.budget - (60 if cuda else 0), start, results)
-    if cuda:
-        training_cases(results, args.epoch_images)
+    sections = [lambda: loss_cases(pershom, cuda, results), lambda: fused_cases(results) if cuda else None,
+                lambda: schedule_cases(cuda, results),
+                lambda: cloud_cases(pershom, cuda, args.budget - (60 if cuda else 0), start, results),
+                lambda: training_cases(results, args.epoch_images) if cuda else None]
+    for section in sections:
+        section()
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"device": device, "torch": torch.__version__, "results": results},
+                                           indent=2, default=str))
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"device": device, "torch": torch.__version__, "results": results}, indent=2,
-                                       default=str))
 
 
 if __name__ == "__main__":
