@@ -7,6 +7,7 @@ One line per case, milliseconds, median of repeats, forward + backward:
   compiled     the same loss through torch.compile(mode="reduce-overhead"): one CUDA graph
   triton       corel on the GPU, backend "triton" (Prim in one fused Triton kernel for clouds of
                up to 1,024 points; beyond, Borůvka on rows from the Triton pairwise kernel)
+  tri-comp     the loss on backend "triton" through torch.compile(mode="reduce-overhead")
   corel-host   corel on the GPU with the tree chosen by the compiled kernel on the host ("native")
   corel-cpu    corel on the CPU of the same machine (forward only, as in the issue's table)
   torchph      the paper's CUDA library, when importable (the checkout's .anchors/torchph, built on
@@ -103,8 +104,8 @@ def _oom_safe(fn, *args):
 
 
 def loss_cases(pershom, cuda: bool, results: list) -> None:
-    print(f"\n{'ConnectivityLoss fwd+bwd':<28} {'corel-gpu':>10} {'compiled':>10} {'triton':>10} {'corel-host':>10}"
-          f" {'corel-cpu':>10} {'torchph':>10} {'torchph/corel':>13}")
+    print(f"\n{'ConnectivityLoss fwd+bwd':<28} {'corel-gpu':>10} {'compiled':>10} {'triton':>10} {'tri-comp':>10}"
+          f" {'corel-host':>10} {'corel-cpu':>10} {'torchph':>10} {'torchph/corel':>13}")
     for b, n, d in LOSS_CASES:
         shape = dict(codes=n, branches=b, dims=d)
         row = {"case": f"loss {b}x{n}x{d}", "corel_cpu": loss_time(200, "cpu", **shape)}
@@ -113,9 +114,12 @@ def loss_cases(pershom, cuda: bool, results: list) -> None:
             row["corel_host"] = loss_time(200, "cuda", backend="native", **shape)
             row["corel_triton"] = _attempt(lambda: loss_time(200, "cuda", backend="triton", **shape))
             if (b, n, d) == LOSS_CASES[0]:  # compiling takes tens of seconds: the paper's case only
-                # the fixed rounds trace into one graph: CUDA graphs replay it in one launch
+                # the fixed rounds trace into one graph: CUDA graphs replay it in one launch; so may
+                # the fused kernel (torch.compile takes user-defined Triton kernels)
                 row["corel_gpu_compiled"] = _attempt(lambda: loss_time(200, "cuda", compile_mode="reduce-overhead",
                                                                        **shape))
+                row["corel_triton_compiled"] = _attempt(lambda: loss_time(200, "cuda", backend="triton",
+                                                                          compile_mode="reduce-overhead", **shape))
         if pershom is not None:
             z = torch.randn(n, b * d, device="cuda")
 
@@ -127,7 +131,7 @@ def loss_cases(pershom, cuda: bool, results: list) -> None:
                 return total
 
             row["torchph"] = timed(lambda: _backward(authors)(z), 20, warmup=2, cuda=True)[0]
-        columns = ("corel_gpu", "corel_gpu_compiled", "corel_triton", "corel_host")
+        columns = ("corel_gpu", "corel_gpu_compiled", "corel_triton", "corel_triton_compiled", "corel_host")
         best = min(t for t in map(row.get, columns) if isinstance(t, float)) if cuda else None
         ratio = f"{row['torchph'] / best:.0f}x" if "torchph" in row and best else "-"
         print(f"{row['case']:<28} " + " ".join(f"{_cell(row.get(c)):>10}" for c in columns)

@@ -139,8 +139,11 @@ def _pairwise(a, b, out, m, n, d, SQUARED: tl.constexpr, TILE: tl.constexpr):
 
 
 def _on(x: Tensor):
-    """Launches on ``x``'s GPU: Triton launches on the current CUDA device, which may be another."""
-    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+    """Launches on ``x``'s GPU: Triton launches on the current CUDA device, which may be another
+    (inside torch.compile the compiled graph places its kernels itself)."""
+    if x.is_cuda and not torch.compiler.is_compiling():
+        return torch.cuda.device(x.device)
+    return contextlib.nullcontext()
 
 
 def _warps(block: int) -> int:

@@ -37,6 +37,8 @@ from corel.topology.distances import (
 )
 
 BACKENDS = ("auto", "native", "torch", "triton")
+# Whether backend "triton" can run (looked up once, without importing it: torch.compile then reads a constant).
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 def _engine(device: torch.device, backend: str) -> str:
@@ -44,7 +46,7 @@ def _engine(device: torch.device, backend: str) -> str:
     devices and inside torch.compile (which cannot trace the compiled kernel)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
-    if backend == "triton" and importlib.util.find_spec("triton") is None:
+    if backend == "triton" and not _HAS_TRITON:
         raise ValueError("backend 'triton' needs the triton package (pip install triton)")
     if backend == "auto":
         return "native" if device.type == "cpu" and not torch.compiler.is_compiling() else "torch"
