@@ -84,6 +84,17 @@ def test_every_h0_engine_trains_the_same_backbone_and_a_resume_may_switch(tmp_pa
         assert torch.equal(a, b), k
 
 
+def test_an_h0_engine_that_cannot_run_is_refused_before_any_work(tmp_path, digits, monkeypatch):
+    pytest.importorskip("triton")
+    from corel.topology import fused
+
+    monkeypatch.setattr(fused, "_INTERPRETED", False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="backend 'triton' needs a CUDA device"):
+        run(digits, tmp_path / "run", epochs=1, h0_backend="triton")
+    assert not (tmp_path / "run").exists()
+
+
 def test_existing_run_and_corrupt_checkpoint(tmp_path, digits):
     run(digits, tmp_path, epochs=1)
     with pytest.raises(FileExistsError, match="resume"):

@@ -104,27 +104,38 @@ def test_without_a_device_or_the_package_it_says_so(monkeypatch):
         h0_persistence(x, backend="triton")
 
 
-# Compiles both kernels for an H100 (sm_90) with Triton's own toolchain, no GPU needed, and counts
-# fused multiply-adds in the PTX and in the machine code, with fusion off (as launched) and on.
+# Compiles both kernels for an H100 (sm_90) with Triton's own toolchain, no GPU needed, with
+# floating-point fusion off and on (torch.compile launches user kernels with Triton's default, on),
+# and counts fused multiply-adds in the PTX and in the machine code; a plain x * x + acc kernel
+# shows that the count sees contraction where it happens.
 _COMPILE_FOR_H100 = """
 import json, os, subprocess, sys, tempfile
 import triton
 import triton.backends.nvidia as nvidia
+import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 import corel.topology.fused as fused
+
+@triton.jit
+def plain(x_ptr, out_ptr):
+    i = tl.arange(0, 16)
+    x = tl.load(x_ptr + i)
+    tl.store(out_ptr + i, x * x + tl.load(out_ptr + i))
 
 cuobjdump = os.path.join(os.path.dirname(nvidia.__file__), "bin", "cuobjdump")
 if not os.path.exists(cuobjdump):
     print(json.dumps("triton ships no cuobjdump here"))
     sys.exit()
-prim = {"data": "*fp32", "values_out": "*fp32", "edges_out": "*i64", "n": "i32", "d": "i32"}
-pairwise = {"a": "*fp32", "b": "*fp32", "out": "*fp32", "m": "i32", "n": "i32", "d": "i32"}
-cases = [(fused._prim, prim, {"METRIC": m, "BLOCK": 128}, fused._warps(128), m == 2) for m in (1, 2)]
-cases += [(fused._pairwise, pairwise, {"SQUARED": s, "TILE": fused._TILE}, 4, s) for s in (False, True)]
+cases = [(plain, {"x_ptr": "*fp32", "out_ptr": "*fp32"}, {}, 1)]
+for dtype in ("fp32", "fp64"):
+    prim = {"data": f"*{dtype}", "values_out": f"*{dtype}", "edges_out": "*i64", "n": "i32", "d": "i32"}
+    pairwise = {"a": f"*{dtype}", "b": f"*{dtype}", "out": f"*{dtype}", "m": "i32", "n": "i32", "d": "i32"}
+    cases += [(fused._prim, prim, {"METRIC": m, "BLOCK": 128}, fused._warps(128)) for m in (1, 2)]
+    cases += [(fused._pairwise, pairwise, {"SQUARED": s, "TILE": fused._TILE}, 4) for s in (False, True)]
 found = []
 for fusion in (False, True):
-    for fn, signature, constants, warps, squared in cases:
+    for fn, signature, constants, warps in cases:
         source = ASTSource(fn, {**signature, **{name: "constexpr" for name in constants}}, constants)
         kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32),
                                 options={"num_warps": warps, "enable_fp_fusion": fusion})
@@ -132,27 +143,29 @@ for fusion in (False, True):
             cubin.write(kernel.asm["cubin"])
             cubin.flush()
             sass = subprocess.run([cuobjdump, "-sass", cubin.name], capture_output=True, text=True, check=True).stdout
-        found.append(dict(fusion=fusion, kernel=fn.__name__, squared=squared, ptx=kernel.asm["ptx"].count("fma."),
-                          sass=sass.count("FFMA")))
+        ptx = kernel.asm["ptx"]
+        found.append(dict(fusion=fusion, kernel=fn.__name__, case=str((signature, constants)), ptx=ptx.count("fma."),
+                          sass=sass.count("FFMA") + sass.count("DFMA"), ftz=".ftz" in ptx))
 print(json.dumps(found))
 """
 
 
 @pytest.mark.skipif(tuple(map(int, triton.__version__.split(".")[:2])) < (3, 5),
                     reason="written against Triton 3.5+'s ahead-of-time compile API (checked with 3.9)")
-def test_kernels_compile_for_an_h100_without_multiply_adds():
-    """As launched (fusion off), neither kernel contracts a multiply and an add into one rounding,
-    so GPU values equal the CPU's; with fusion on, the squared sums would (the check has teeth)."""
+def test_kernels_compile_for_an_h100_without_multiply_adds(tmp_path):
+    """Neither kernel contracts a multiply and an add into one rounding (nor flushes subnormals),
+    with floating-point fusion off or on, so GPU values equal the CPU's under torch.compile too."""
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", _COMPILE_FOR_H100], env=env, capture_output=True, text=True,
-                          timeout=600)
+    script = tmp_path / "compile_for_h100.py"  # a file: triton.jit reads its kernels' source
+    script.write_text(_COMPILE_FOR_H100)
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.splitlines()[-1])
     if isinstance(found, str):
         pytest.skip(found)
-    assert len(found) == 8
+    assert len(found) == 18
     for case in found:
-        if not case["fusion"]:
-            assert case["ptx"] == 0 and case["sass"] == 0, case
-        elif case["squared"]:
-            assert case["sass"] > 0, case
+        if case["kernel"] == "plain":  # the count has teeth: with fusion on, x * x + acc is one FMA
+            assert (case["sass"] > 0) == case["fusion"], case
+        else:
+            assert case["ptx"] == 0 and case["sass"] == 0 and not case["ftz"], case

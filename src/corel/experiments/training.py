@@ -36,6 +36,7 @@ from corel.detection.backbone import Backbone
 from corel.detection.images import unit_float
 from corel.detection.models import AutoencoderConfig, BranchedAutoencoder
 from corel.topology.distances import check_scale, metric_name
+from corel.topology.h0 import check_backend
 from corel.topology.losses import ConnectivityLoss
 
 
@@ -373,6 +374,7 @@ def train(
     the H0 engine of the connectivity loss (:func:`~corel.topology.h0.h0_persistence`); every
     engine gives the same results, so it is not a setting and a resume may change it.
     """
+    check_backend(h0_backend)  # before any work: "triton" without a GPU would fail at the first step
     out = Path(out_dir)
     settings = run_settings(images, model_config, config, info)
     info = {**(info or {}), "train_images": int(len(images)), "model": model_config.to_dict(), "train": asdict(config),

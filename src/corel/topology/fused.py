@@ -16,8 +16,10 @@ fixed-order sums build (m, n, d) differences and ``torch.cdist`` only approximat
 
 Both compute the values every engine compares bit for bit: l1 and squared l2 sums in corel's
 fixed order (:func:`corel.topology.distances.fixed_order_sum`: term i into partial i mod 8, the
-partials added in halves), every step one rounded operation (the kernels are compiled without
-floating-point fusion, so no multiply-add is contracted).  Needs the ``triton`` package and a
+partials added in halves), every step one rounded operation.  Squares are one PTX ``mul.rn``
+instruction, which no compiler contracts into a multiply-add with the sum, whatever the
+floating-point fusion setting (torch.compile launches user kernels with Triton's default, fusion
+on), and which keeps subnormals (libdevice's ``mul_rn`` flushes them under Triton's defaults).  Needs the ``triton`` package and a
 CUDA device (CPU tensors go there and back, one copy each way); with the environment variable
 ``TRITON_INTERPRET=1`` set before this module is imported, Triton's interpreter runs the kernels
 on CPU tensors, slowly (CI tests them that way).
@@ -39,11 +41,27 @@ import corel.topology.boruvka as boruvka
 FUSED_MAX_POINTS = 1024
 # Triton decides at import, by this variable, whether kernels are compiled or interpreted.
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+# Compiled kernels square in PTX; the interpreter runs no PTX (and contracts nothing).
+_COMPILED = tl.constexpr(not _INTERPRETED)
 # metric codes of the kernels
 _MATRIX, _L1, _L2, _LINF = 0, 1, 2, 3
 _CODES = {1.0: _L1, 2.0: _L2, math.inf: _LINF}
 # tile of the pairwise kernel: TILE x TILE pairs, 8 partial sums each, in registers
 _TILE = 32
+
+
+@triton.jit
+def _square(x):
+    """x * x rounded once, never fused into a multiply-add with what it is added to, subnormals kept."""
+    if _COMPILED:
+        if x.dtype == tl.float64:
+            return tl.inline_asm_elementwise("mul.rn.f64 $0, $1, $1;", "=l,l", [x], dtype=tl.float64,
+                                             is_pure=True, pack=1)
+        else:
+            return tl.inline_asm_elementwise("mul.rn.f32 $0, $1, $1;", "=r,r", [x], dtype=tl.float32,
+                                             is_pure=True, pack=1)
+    else:
+        return x * x
 
 
 @triton.jit
@@ -72,7 +90,7 @@ def _row(base, here, n, d, idx, real, METRIC: tl.constexpr, BLOCK: tl.constexpr)
             pts = tl.load(base + starts[:, None] + cols[None, :], mask=real[:, None] & inside[None, :], other=0.0)
             diff = pts - tl.load(here + cols, mask=inside, other=0.0)[None, :]
             if METRIC == 2:
-                acc = acc + diff * diff
+                acc = acc + _square(diff)
             elif METRIC == 1:
                 acc = acc + tl.abs(diff)
             else:
@@ -116,10 +134,15 @@ def _prim(data, values_out, edges_out, n, d, METRIC: tl.constexpr, BLOCK: tl.con
 
 @triton.jit
 def _pairwise(a, b, out, m, n, d, SQUARED: tl.constexpr, TILE: tl.constexpr):
-    """One TILE x TILE block of the values between rows of ``a`` (B, m, d) and ``b`` (B, n, d)."""
-    batch = tl.program_id(2).to(tl.int64)
-    rows = tl.program_id(0) * TILE + tl.arange(0, TILE)
-    cols = tl.program_id(1) * TILE + tl.arange(0, TILE)
+    """One TILE x TILE block of the values between rows of ``a`` (B, m, d) and ``b`` (B, n, d).
+    One grid axis numbers the blocks (column tile fastest, then row tile, then cloud): CUDA caps
+    the other axes at 65,535."""
+    block = tl.program_id(0).to(tl.int64)
+    col_tiles = tl.cdiv(n, TILE)
+    row_tiles = tl.cdiv(m, TILE)
+    batch = block // (col_tiles * row_tiles)
+    rows = (block // col_tiles % row_tiles) * TILE + tl.arange(0, TILE)
+    cols = (block % col_tiles) * TILE + tl.arange(0, TILE)
     lanes = tl.arange(0, 8)
     a_rows = a + batch * m * d + rows.to(tl.int64)[:, None] * d
     b_rows = b + batch * n * d + cols.to(tl.int64)[:, None] * d
@@ -130,7 +153,7 @@ def _pairwise(a, b, out, m, n, d, SQUARED: tl.constexpr, TILE: tl.constexpr):
         y = tl.load(b_rows + k[None, :], mask=(cols < n)[:, None] & (k < d)[None, :], other=0.0)
         diff = x[:, None, :] - y[None, :, :]
         if SQUARED:
-            acc = acc + diff * diff
+            acc = acc + _square(diff)
         else:
             acc = acc + tl.abs(diff)
     values = tl.reshape(_add_partials(tl.reshape(acc, (TILE * TILE, 8)), TILE * TILE), (TILE, TILE))
@@ -151,6 +174,13 @@ def _warps(block: int) -> int:
     return min(8, max(1, block // 128))
 
 
+def check_device() -> None:
+    """ValueError unless the kernels can run here: a CUDA device, or Triton's interpreter."""
+    if not _INTERPRETED and not torch.cuda.is_available():
+        raise ValueError("backend 'triton' needs a CUDA device and there is none "
+                         "(TRITON_INTERPRET=1 emulates it on the CPU, slowly)")
+
+
 def fits(n: int, p: float | None) -> bool:
     """Whether the fused Prim takes clouds of ``n`` points under l_p (``p`` None: matrices)."""
     return n <= FUSED_MAX_POINTS and (p is None or p in _CODES)
@@ -166,7 +196,7 @@ def pairwise_values(a: Tensor, b: Tensor, p: float) -> Tensor:
     out = torch.empty(clouds, m, n, dtype=a.dtype, device=a.device)
     if out.numel():  # Borůvka's row tiles can ask for no rows of a cloud
         a3, b3 = a.reshape(clouds, m, d).contiguous(), b.reshape(clouds, n, d).contiguous()
-        grid = (triton.cdiv(m, _TILE), triton.cdiv(n, _TILE), clouds)
+        grid = (triton.cdiv(m, _TILE) * triton.cdiv(n, _TILE) * clouds,)
         with _on(a3):
             _pairwise[grid](a3, b3, out, m, n, d, SQUARED=p == 2.0, TILE=_TILE, num_warps=4, enable_fp_fusion=False)
     return out.reshape(*batch, m, n)
@@ -180,9 +210,7 @@ def minimum_spanning_tree(data: Tensor, p: float | None) -> Tensor:
     :func:`pairwise_values`; the rest through plain Borůvka.  ``data`` is finite, float32 or
     float64; no autograd."""
     if data.device.type != "cuda" and not _INTERPRETED:
-        if not torch.cuda.is_available():
-            raise ValueError(f"backend 'triton' needs a CUDA device, got a tensor on {data.device} and no GPU "
-                             "(TRITON_INTERPRET=1 emulates it on the CPU, slowly)")
+        check_device()
         return minimum_spanning_tree(data.cuda(), p).to(data.device)
     b, n, d = data.shape
     if not fits(n, p):

@@ -41,13 +41,28 @@ BACKENDS = ("auto", "native", "torch", "triton")
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
-def _engine(device: torch.device, backend: str) -> str:
-    """"native", "torch" or "triton": "auto" is the compiled kernel on CPU and Borůvka on other
-    devices and inside torch.compile (which cannot trace the compiled kernel)."""
+def _known(backend: str) -> None:
+    """ValueError unless ``backend`` is one of BACKENDS, with its package installed."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     if backend == "triton" and not _HAS_TRITON:
         raise ValueError("backend 'triton' needs the triton package (pip install triton)")
+
+
+def check_backend(backend: str) -> None:
+    """ValueError naming the problem when H0 engine ``backend`` is unknown or cannot run on this
+    machine ("triton": the package and a CUDA device); for callers that start long work with it."""
+    _known(backend)
+    if backend == "triton":
+        from corel.topology.fused import check_device  # imports triton, which only this backend needs
+
+        check_device()
+
+
+def _engine(device: torch.device, backend: str) -> str:
+    """"native", "torch" or "triton": "auto" is the compiled kernel on CPU and Borůvka on other
+    devices and inside torch.compile (which cannot trace the compiled kernel)."""
+    _known(backend)
     if backend == "auto":
         return "native" if device.type == "cpu" and not torch.compiler.is_compiling() else "torch"
     return backend
