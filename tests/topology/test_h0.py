@@ -114,9 +114,14 @@ def test_batched_equals_per_cloud(rng):
 @pytest.mark.parametrize("metric", ["l1", "l2", "linf"])
 @pytest.mark.parametrize("shape", [(4, 100, 10), (1, 3000, 64)])  # fixed rounds; neighbour lists (l2 screened)
 @pytest.mark.parametrize("backend", ["auto", ENGINES[2]])
-def test_cuda_agrees_with_cpu(rng, metric, shape, backend):
-    """The same tree, and the same death times bit for bit (one rounding on every device)."""
-    x = torch.from_numpy(rng.normal(size=shape)).float()
+@pytest.mark.parametrize("clustered", [False, True])
+def test_cuda_agrees_with_cpu(rng, metric, shape, backend, clustered):
+    """The same tree, and the same death times bit for bit (one rounding on every device), on
+    clusters 1e-3 wide at +-100 too, where lengths tie to the last bit."""
+    x = rng.normal(size=shape)
+    if clustered:
+        x = x * 1e-3 + np.where(np.arange(shape[1]) % 2, 100.0, -100.0)[:, None]
+    x = torch.from_numpy(x).float()
     cpu = h0_persistence(x, metric)
     gpu = h0_persistence(x.cuda().requires_grad_(), metric, backend=backend)
     assert gpu.deaths.device.type == "cuda" and gpu.edges.device.type == "cuda"
