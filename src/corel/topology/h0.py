@@ -148,7 +148,9 @@ def h0_persistence(points: Tensor, metric: Metric = "l1", *, backend: str = "aut
         if checked:
             check_finite(points, "points")
         return _empty(points)
-    work = _work(points.reshape(-1, n, d))
+    # contiguous: the loss passes its branches as a strided view, where the reductions below ran
+    # 10x slower on CPU (amax 48 vs 4.6 us at 16 x 100 x 10); a no-op for contiguous points
+    work = _work(points.reshape(-1, n, d)).contiguous()
     scale, top = _scale(work)
     if checked:
         largest = float(top.max())  # the one host synchronisation: validity and overflow in one number
