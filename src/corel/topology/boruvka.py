@@ -107,6 +107,10 @@ class _Packed:
     def sorted_edges(self, keys: Tensor) -> Tensor:
         return keys.sort(dim=1).values & _LOW32
 
+    def order(self, keys: Tensor) -> Tensor:
+        """The permutation that sorts (B, k) keys (distinct: no ties to break)."""
+        return keys.argsort(dim=1)
+
 
 class _Pairs:
     """Keys as (length, edge id) pairs, reduced one after the other (float64, n > 65,536, lists)."""
@@ -137,10 +141,13 @@ class _Pairs:
         return torch.cat([w for w, _ in chosen], dim=1), torch.cat([e for _, e in chosen], dim=1)
 
     def sorted_edges(self, keys: tuple[Tensor, Tensor]) -> Tensor:
+        return keys[1].gather(1, self.order(keys))
+
+    def order(self, keys: tuple[Tensor, Tensor]) -> Tensor:
+        """The permutation that sorts (B, k) keys by length, then edge id."""
         w, eid = keys
         order = eid.argsort(dim=1, stable=True)  # secondary key first, then a stable sort by length
-        w, eid = w.gather(1, order), eid.gather(1, order)
-        return eid.gather(1, w.argsort(dim=1, stable=True))
+        return order.gather(1, w.gather(1, order).argsort(dim=1, stable=True))
 
 
 def edge_keys(dtype: torch.dtype, n: int) -> _Packed | _Pairs:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from corel._native._kernels import mst_edges
-from corel.topology.boruvka import minimum_spanning_tree
+from corel.topology.boruvka import edge_keys, minimum_spanning_tree
 from corel.topology.diagram import H0
 from corel.topology.distances import (
     Metric,
@@ -95,12 +95,16 @@ def _scale(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _ordered(deaths: Tensor, edges: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """Sorts (B, k) deaths and (B, k, 2) edges by (death, i, j).  The engines order by the values
-    they compare: squared sums for l2 (distinct ones can share a root), torch's for another p, and
-    a cast to float16 or bfloat16 can tie distinct deaths."""
+    """Sorts (B, k) deaths and (B, k, 2) edges by (death, i, j), in one sort of packed keys where
+    they fit (:func:`~corel.topology.boruvka.edge_keys`).  The engines order by the values they
+    compare: squared sums for l2 (distinct ones can share a root), torch's for another p, and a
+    cast to float16 or bfloat16 can tie distinct deaths."""
     eid = edges[..., 0] * n + edges[..., 1]
-    order = eid.argsort(dim=-1, stable=True)  # already in this order unless the lengths differed
-    order = order.gather(-1, deaths.detach().gather(-1, order).argsort(dim=-1, stable=True))
+    values = deaths.detach()
+    if values.dtype not in (torch.float32, torch.float64):
+        values = values.float()  # exact: equal deaths stay equal, and float32 keys pack into one sort
+    keys_of = edge_keys(values.dtype, n)
+    order = keys_of.order(keys_of.of(values + 0.0, eid))  # + 0.0: a -0.0 death (from a matrix) ties with 0.0
     return deaths.gather(-1, order), edges.gather(-2, order[..., None].expand(*order.shape, 2))
 
 
