@@ -17,12 +17,14 @@ fixed-order sums build (m, n, d) differences and ``torch.cdist`` only approximat
 Both compute the values every engine compares bit for bit: l1 and squared l2 sums in corel's
 fixed order (:func:`corel.topology.distances.fixed_order_sum`: term i into partial i mod 8, the
 partials added in halves), every step one rounded operation.  Squares are one PTX ``mul.rn``
-instruction, which no compiler contracts into a multiply-add with the sum, whatever the
-floating-point fusion setting (torch.compile launches user kernels with Triton's default, fusion
-on), and which keeps subnormals (libdevice's ``mul_rn`` flushes them under Triton's defaults).  Needs the ``triton`` package and a
-CUDA device (CPU tensors go there and back, one copy each way); with the environment variable
-``TRITON_INTERPRET=1`` set before this module is imported, Triton's interpreter runs the kernels
-on CPU tensors, slowly (CI tests them that way).
+instruction, which no compiler contracts into a multiply-add with the sum whatever the
+floating-point fusion setting (the launches ask for fusion off, but torch.compile launches user
+kernels with Triton's default, on), and which keeps subnormals (libdevice's ``mul_rn`` flushes
+them under Triton's defaults).
+
+Needs the ``triton`` package and a CUDA device (CPU tensors go there and back, one copy each
+way); with the environment variable ``TRITON_INTERPRET=1`` set before this module is imported,
+Triton's interpreter runs the kernels on CPU tensors, slowly (CI tests them that way).
 """
 
 from __future__ import annotations
