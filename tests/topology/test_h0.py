@@ -427,6 +427,23 @@ def test_fixed_rounds_trace_into_one_graph(rng):
     assert deaths[3].isnan().all() and torch.equal(deaths[[0, 1, 2, 4]], eager[0][[0, 1, 2, 4]])
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's own imports inside Inductor
+def test_inductor_on_the_cpu_keeps_the_rounding(rng):
+    """Inductor's C++ (built without floating-point contraction) gives the eager l2 tree, deaths
+    and gradients bit for bit on clusters 1e-3 wide at +-100, where lengths tie to the last bit."""
+    x = torch.from_numpy(np.concatenate([rng.normal(size=(4, 40, 10)) * 1e-3 + 100,
+                                         rng.normal(size=(4, 40, 10)) * 1e-3 - 100], axis=1)).float()
+    compiled = torch.compile(lambda v: h0_persistence(v, "l2", backend="torch"), fullgraph=True)
+    results = []
+    for fn in (compiled, lambda v: h0_persistence(v, "l2", backend="torch")):
+        leaf = x.clone().requires_grad_()
+        res = fn(leaf)
+        res.deaths.sum().backward()
+        results.append((res.edges, res.deaths.detach(), leaf.grad))
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
+
+
 @pytest.fixture
 def host_reads_fail(monkeypatch):
     """Every way a tensor's value reaches Python (a host synchronisation on a GPU) raises."""
