@@ -1,10 +1,11 @@
-"""Edge lengths in one fixed rounding: the same bits whatever the layout (and so on any device)."""
+"""Edge lengths in one fixed rounding (the same bits whatever the layout, and so on any device), and
+the public edge_lengths: distances at given edges, with clear errors for bad edges."""
 
 import numpy as np
 import pytest
 import torch
 
-from corel.topology.distances import lp_norm
+from corel.topology.distances import edge_lengths, lp_norm
 
 
 def _oracle(diff: np.ndarray, p: float) -> np.ndarray:
@@ -51,3 +52,30 @@ def test_float32_roots_are_exactly_rounded(rng):
     values = np.concatenate([squares, np.nextafter(squares, np.float32(np.inf)), np.nextafter(squares, np.float32(0)),
                              (rng.random(10 ** 5) * 10.0 ** rng.integers(-30, 30, 10 ** 5)).astype(np.float32)])
     assert np.array_equal(_sqrt(torch.from_numpy(values)).numpy(), np.sqrt(values))
+
+
+@pytest.mark.parametrize("metric, p", [("l1", 1), ("l2", 2), ("linf", np.inf), (3.0, 3)])
+def test_edge_lengths_are_the_distances_at_the_edges(rng, metric, p):
+    x = torch.from_numpy(rng.normal(size=(2, 3, 12, 4)))
+    edges = torch.from_numpy(rng.integers(0, 12, size=(2, 3, 7, 2)))
+    got = edge_lengths(x, edges, metric)
+    assert got.shape == (2, 3, 7)
+    for b, c in np.ndindex(2, 3):
+        ends = x[b, c].numpy()[edges[b, c].numpy()]
+        np.testing.assert_allclose(got[b, c].numpy(), np.linalg.norm(ends[:, 0] - ends[:, 1], ord=p, axis=1),
+                                   rtol=1e-12)
+    leaf = x[0, 0].clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda y: edge_lengths(y, edges[0, 0], metric), (leaf,))
+    assert edge_lengths(x, edges[..., :0, :], metric).shape == (2, 3, 0)
+
+
+def test_edge_lengths_name_bad_edges():
+    x = torch.zeros(2, 5, 3)
+    good = torch.zeros(2, 4, 2, dtype=torch.long)
+    for edges, message in [(good.float(), "integer torch.Tensor"), (good.tolist(), "integer torch.Tensor"),
+                           (good[0], "leading dimensions"), (good[..., :1], r"\(\.\.\., k, 2\)"),
+                           (torch.zeros(3, 4, 2, dtype=torch.long), "leading dimensions"), (good - 1, "outside 0..4"),
+                           (good + 5, "outside 0..4")]:
+        with pytest.raises(ValueError, match=message):
+            edge_lengths(x, edges)
+    assert torch.equal(edge_lengths(x, good.int()), torch.zeros(2, 4))  # int32 indices are fine

@@ -152,14 +152,35 @@ def _sqrt(s: Tensor) -> Tensor:
 
 
 def edge_lengths(x: Tensor, edges: Tensor, metric: Metric = "l1") -> Tensor:
-    """Differentiable lengths of ``edges`` (..., k, 2) between points of ``x`` (..., n, d) -> (..., k).
+    """Differentiable lengths of ``edges`` (..., k, 2) between points of ``x`` (..., n, d) -> (..., k),
+    in the units of ``metric`` and summed in the fixed order the death times use.
 
-    Gradients flow to the two end points of every edge through the distance itself.
+    ``edges`` holds integer vertex indices in [0, n) and has ``x``'s leading dimensions; gradients
+    flow to the two end points of every edge through the distance itself.
     """
     p = metric_order(metric)
+    check_points(x, check_values=False)
+    if not isinstance(edges, Tensor) or edges.is_floating_point() or edges.is_complex() or edges.dtype == torch.bool:
+        raise ValueError("edges must be an integer torch.Tensor of vertex indices, got "
+                         + (f"{edges.dtype}" if isinstance(edges, Tensor) else type(edges).__name__))
+    if edges.ndim != x.ndim or edges.shape[-1] != 2 or edges.shape[:-2] != x.shape[:-2]:
+        raise ValueError(f"edges must have shape (..., k, 2) with the points' leading dimensions "
+                         f"{tuple(x.shape[:-2])}, got {tuple(edges.shape)}")
     n, d = x.shape[-2:]
+    if edges.numel():
+        low, high = torch.aminmax(edges)
+        if low < 0 or high >= n:
+            raise ValueError(f"edges index vertices {int(low)}..{int(high)}, outside 0..{n - 1}")
     points = x.reshape(-1, n, d)
-    ends = edges.reshape(len(points), -1)  # (B, 2k): i0, j0, i1, j1, ...
+    lengths = lengths_of(points, edges.reshape(len(points), *edges.shape[-2:]).to(torch.long), p)
+    return lengths.reshape(edges.shape[:-1])
+
+
+def lengths_of(points: Tensor, edges: Tensor, p: float) -> Tensor:
+    """:func:`edge_lengths` of int64 ``edges`` (B, k, 2) between ``points`` (B, n, d) -> (B, k),
+    unchecked: for callers whose indices are in [0, n) by construction."""
+    batch, n, d = points.shape
+    ends = edges.reshape(batch, -1)  # (B, 2k): i0, j0, i1, j1, ...
     pairs = points.gather(1, ends[..., None].expand(-1, -1, d)).unflatten(1, (-1, 2))  # (B, k, 2, d)
     first, second = pairs.unbind(2)
-    return lp_norm(first - second, p).reshape(edges.shape[:-1])
+    return lp_norm(first - second, p)
