@@ -75,8 +75,31 @@ def test_from_distance_matrix_equals_points(rng):
 
 @pytest.mark.parametrize("metric", ["l1", "l2", "linf", 3.0])
 def test_gradcheck(rng, metric):
-    x = torch.from_numpy(rng.normal(size=(9, 3))).requires_grad_()
+    x = torch.from_numpy(rng.normal(size=(2, 9, 3))).requires_grad_()
     assert torch.autograd.gradcheck(lambda p: h0_persistence(p, metric).deaths, (x,))
+    # second derivatives too (gradient penalties): l2's Hessian is not zero
+    assert torch.autograd.gradgradcheck(lambda p: h0_persistence(p, metric).deaths, (x,))
+
+
+@pytest.mark.parametrize("backend", ENGINES)
+@pytest.mark.parametrize("metric", ["l1", "l2", "linf", 3.0])
+@pytest.mark.parametrize("dtype, exponent, weight", [(torch.float32, 123, 1e4), (torch.float32, -100, 1e-9),
+                                                     (torch.float64, 1017, 1e4), (torch.float64, -1000, 1e-6)])
+def test_gradients_do_not_depend_on_the_scale(rng, backend, metric, dtype, exponent, weight):
+    """A death time's gradient is the same at x and at 2**k x (the norm is homogeneous), also near
+    the ends of the dtype's range: through the scaling, autograd multiplied the incoming gradient by
+    the scale, which overflowed to inf or lost bits to underflow."""
+    x = torch.from_numpy(rng.normal(size=(3, 30, 5)) / 8).to(dtype)  # distances stay finite at 2**k x
+    weights = torch.from_numpy(rng.choice([-1, 1], size=(3, 29)) * rng.uniform(1, 2, size=(3, 29)) * weight).to(dtype)
+
+    def gradient(points: Tensor) -> Tensor:
+        leaf = points.clone().requires_grad_()
+        (h0_persistence(leaf, metric, backend=backend).deaths * weights).sum().backward()
+        return leaf.grad
+
+    want = gradient(x)
+    assert torch.isfinite(want).all()
+    assert torch.equal(gradient(torch.ldexp(x, torch.tensor(exponent))), want)
 
 
 def test_gradcheck_distance_matrix(rng):
