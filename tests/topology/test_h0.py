@@ -145,12 +145,22 @@ def test_cuda_agrees_with_cpu(rng, metric, shape, backend, clustered):
     if clustered:
         x = x * 1e-3 + np.where(np.arange(shape[1]) % 2, 100.0, -100.0)[:, None]
     x = torch.from_numpy(x).float()
-    cpu = h0_persistence(x, metric)
-    gpu = h0_persistence(x.cuda().requires_grad_(), metric, backend=backend)
+    weights = torch.from_numpy(rng.uniform(-10, 10, size=(shape[0], shape[1] - 1))).float()
+    on_cpu, on_gpu = x.clone().requires_grad_(), x.cuda().requires_grad_()
+    cpu = h0_persistence(on_cpu, metric)
+    gpu = h0_persistence(on_gpu, metric, backend=backend)
     assert gpu.deaths.device.type == "cuda" and gpu.edges.device.type == "cuda"
     assert torch.equal(gpu.edges.cpu(), cpu.edges)
     assert torch.equal(gpu.deaths.detach().cpu(), cpu.deaths)
-    gpu.deaths.sum().backward()
+    (cpu.deaths * weights).sum().backward()
+    # a point's gradient sums its edges' contributions: with atomics on CUDA unless torch sums them
+    # in order, which deterministic mode asks for
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        (gpu.deaths * weights.cuda()).sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.equal(on_gpu.grad.cpu(), on_cpu.grad)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
