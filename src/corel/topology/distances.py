@@ -179,8 +179,12 @@ def edge_lengths(x: Tensor, edges: Tensor, metric: Metric = "l1") -> Tensor:
 def lengths_of(points: Tensor, edges: Tensor, p: float) -> Tensor:
     """:func:`edge_lengths` of int64 ``edges`` (B, k, 2) between ``points`` (B, n, d) -> (B, k),
     unchecked: for callers whose indices are in [0, n) by construction."""
+    return lp_norm(edge_vectors(points, edges), p)
+
+
+def edge_vectors(points: Tensor, edges: Tensor) -> Tensor:
+    """x_i - x_j (B, k, d) for the int64 ``edges`` (B, k, 2) = (i, j) of ``points`` (B, n, d), unchecked."""
     batch, n, d = points.shape
     ends = edges.reshape(batch, -1)  # (B, 2k): i0, j0, i1, j1, ...
-    pairs = points.gather(1, ends[..., None].expand(-1, -1, d)).unflatten(1, (-1, 2))  # (B, k, 2, d)
-    first, second = pairs.unbind(2)
-    return lp_norm(first - second, p)
+    first, second = points.gather(1, ends[..., None].expand(-1, -1, d)).unflatten(1, (-1, 2)).unbind(2)
+    return first - second

@@ -32,6 +32,7 @@ from corel.topology.distances import (
     check_distance_matrix,
     check_finite,
     check_points,
+    edge_vectors,
     lengths_of,
     metric_order,
 )
@@ -163,10 +164,9 @@ class _DeathTimes(torch.autograd.Function):
             return gradient, None, None, None, None, None
         # one closed form per edge, +- onto its two end points
         batch, n, d = scaled.shape
+        per_edge = _length_gradient(edge_vectors(scaled, edges), lengths, ctx.p) * g[..., None]
+        both = torch.stack((per_edge, -per_edge), dim=2).flatten(1, 2)  # onto i0, j0, i1, j1, ...
         ends = edges.reshape(batch, -1, 1).expand(-1, -1, d)
-        first, second = scaled.gather(1, ends).unflatten(1, (-1, 2)).unbind(2)
-        per_edge = _length_gradient(first - second, lengths, ctx.p) * g[..., None]
-        both = torch.stack((per_edge, -per_edge), dim=2).flatten(1, 2)
         return torch.zeros_like(scaled).scatter_add_(1, ends, both), None, None, None, None, None
 
 
