@@ -54,6 +54,30 @@ def test_pairwise_values_equal_the_fixed_order_sums(rng, dtype, p):
         assert torch.equal(kernel, fixed_order_pairwise(a, b, p))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("metric", ["l1", "l2", "linf", "matrix"])
+def test_prim_values_are_the_compared_ones_and_the_tree_comes_sorted(rng, dtype, metric):
+    """The fused Prim's values bit for bit: the fixed-order sums (squared for l2), maxima or matrix
+    entries at its edges (a sum in another order changes the tree on a GPU, where the interpreter
+    may not show it); and its tree in (value, i, j) order."""
+    cloud = np.concatenate([rng.normal(size=(2, 30, 21)) * 1e-3 + 100, rng.normal(size=(2, 33, 21)) * 1e-3 - 100], 1)
+    # clustered, coordinates over 12 orders of magnitude, d not a multiple of 8: the order of additions matters
+    x = torch.from_numpy(cloud * 10.0 ** rng.integers(-6, 6, size=21)).to(dtype)
+    p = None if metric == "matrix" else {"l1": 1.0, "l2": 2.0, "linf": math.inf}[metric]
+    compared = boruvka._selection_values(x, x, 2.0 if p is None else p)
+    data = compared if p is None else x  # a matrix: the squared l2 sums (not a metric; every value distinct)
+    values, eids = fused.prim(data.to(KERNEL_DEVICE).contiguous(), p)
+    n = x.shape[1]
+    assert torch.equal(values.cpu(), compared.flatten(1).gather(1, eids.cpu()))
+    edges = fused.minimum_spanning_tree(data.to(KERNEL_DEVICE), p).cpu()
+    tree = compared[torch.arange(len(x))[:, None], edges[..., 0], edges[..., 1]]
+    order = torch.from_numpy(np.lexsort((edges[..., 1].numpy(), edges[..., 0].numpy(), tree.numpy()), axis=-1))
+    assert torch.equal(order, torch.arange(n - 1).expand(len(x), -1))
+    added = torch.stack([eids // n, eids % n], dim=-1).cpu()
+    for k in range(len(x)):  # the same edges as Prim added them
+        assert set(map(tuple, edges[k].tolist())) == set(map(tuple, added[k].tolist()))
+
+
 @pytest.mark.parametrize("schedule", ["fixed rounds", "neighbour lists", "neighbour lists in row tiles"])
 @pytest.mark.parametrize("metric", ["l1", "l2"])
 def test_boruvka_on_the_pairwise_kernel_gives_the_native_tree(rng, monkeypatch, schedule, metric):

@@ -204,6 +204,21 @@ def pairwise_values(a: Tensor, b: Tensor, p: float) -> Tensor:
     return out.reshape(*batch, m, n)
 
 
+def prim(data: Tensor, p: float | None) -> tuple[Tensor, Tensor]:
+    """The fused Prim on clouds it takes (:func:`fits`): ``data`` (B, n, d) points, or (B, n, n)
+    matrices when ``p`` is None, contiguous, on the kernels' device -> (values (B, n-1), edge ids
+    min * n + max (B, n-1) int64) in the order Prim adds the edges; the values are those every
+    engine compares (fixed-order l1 and squared l2 sums, linf maxima, matrix entries)."""
+    b, n, d = data.shape
+    values = torch.empty(b, n - 1, dtype=data.dtype, device=data.device)
+    eids = torch.empty(b, n - 1, dtype=torch.int64, device=data.device)
+    block = max(16, triton.next_power_of_2(n))
+    with _on(data):
+        _prim[(b,)](data, values, eids, n, d, METRIC=_MATRIX if p is None else _CODES[p], BLOCK=block,
+                    num_warps=_warps(block), enable_fp_fusion=False)
+    return values, eids
+
+
 def minimum_spanning_tree(data: Tensor, p: float | None) -> Tensor:
     """Minimum spanning trees of clouds ``data`` (B, n, d) under the l_p metric, or of distance
     matrices (B, n, n) when ``p`` is None -> edges (B, n-1, 2) int64 (i < j), ordered by (value,
@@ -214,16 +229,9 @@ def minimum_spanning_tree(data: Tensor, p: float | None) -> Tensor:
     if data.device.type != "cuda" and not _INTERPRETED:
         check_device()
         return minimum_spanning_tree(data.cuda(), p).to(data.device)
-    b, n, d = data.shape
+    n = data.shape[1]
     if not fits(n, p):
         return boruvka.minimum_spanning_tree(data, p, pairwise_values if p in boruvka.FIXED_ORDER else None)
-    data = data.contiguous()
-    values = torch.empty(b, n - 1, dtype=data.dtype, device=data.device)
-    eids = torch.empty(b, n - 1, dtype=torch.int64, device=data.device)
-    block = max(16, triton.next_power_of_2(n))
-    with _on(data):
-        _prim[(b,)](data, values, eids, n, d, METRIC=_MATRIX if p is None else _CODES[p], BLOCK=block,
-                    num_warps=_warps(block), enable_fp_fusion=False)
     keys_of = boruvka.edge_keys(data.dtype, n)
-    eid = keys_of.sorted_edges(keys_of.of(values, eids))
+    eid = keys_of.sorted_edges(keys_of.of(*prim(data.contiguous(), p)))
     return torch.stack([eid // n, eid % n], dim=-1)
