@@ -1,6 +1,7 @@
 """Shared fixtures: the metrics every persistence test runs under, the H0 engines, the shared data
 folder, an RNG."""
 
+import importlib.metadata
 import importlib.util
 import os
 from pathlib import Path
@@ -17,9 +18,23 @@ METRICS = [("l1", {"metric": "cityblock"}), ("l2", {"metric": "euclidean"}),
 # Without a GPU, Triton's interpreter runs the fused kernel on the CPU (set before it is imported).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-# Every H0 engine; "triton" where the package is installed.
-ENGINES = ["native", "torch", pytest.param("triton", marks=pytest.mark.skipif(
-    importlib.util.find_spec("triton") is None, reason="triton is not installed"))]
+
+
+def _why_no_triton() -> str | None:
+    """Why the Triton kernels cannot run here (no package; without a GPU, an interpreter older
+    than 3.9, whose API they do not fit: 3.6's fails), or None."""
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    version = importlib.metadata.version("triton")
+    if not torch.cuda.is_available() and tuple(map(int, version.split(".")[:2])) < (3, 9):
+        return f"without a GPU the kernels need Triton's interpreter from 3.9 on, not {version}"
+    return None
+
+
+NO_TRITON = _why_no_triton()
+# Every H0 engine; "triton" where its kernels can run.
+ENGINES = ["native", "torch", pytest.param("triton", marks=pytest.mark.skipif(NO_TRITON is not None,
+                                                                               reason=str(NO_TRITON)))]
 
 # ../shared/data beside the project (CIFAR-10 as cifar10.npz); tests that need it skip without it
 SHARED_DATA = Path(os.environ.get("COREL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

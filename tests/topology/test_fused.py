@@ -13,7 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-triton = pytest.importorskip("triton")
+from conftest import NO_TRITON
+
+if NO_TRITON:
+    pytest.skip(NO_TRITON, allow_module_level=True)
+import triton  # noqa: E402
 
 from corel import ConnectivityLoss, h0_persistence, h0_persistence_from_distances  # noqa: E402
 from corel.topology import boruvka, fused, h0  # noqa: E402
