@@ -305,30 +305,43 @@ def training_cases(results: list, images: int) -> None:
                     "command_seconds": wall})
 
 
+class _Results(list):
+    """The rows so far, written to ``path`` as JSON after every one (when given), so a run cut
+    short keeps what it measured."""
+
+    def __init__(self, path: Path | None, device: str):
+        super().__init__()
+        self.path, self.device = path, device
+
+    def append(self, row: dict) -> None:
+        super().append(row)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"device": self.device, "torch": torch.__version__, "results": self},
+                                            indent=2, default=str))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", type=float, default=270.0, help="seconds for the whole script")
     parser.add_argument("--no-torchph", action="store_true")
     parser.add_argument("--epoch-images", type=int, default=50000)
     parser.add_argument("--out", type=Path, default=None,
-                        help="also write the results as JSON here (after every section, so a timeout keeps them)")
+                        help="also write the results as JSON here (after every row, so a timeout keeps them)")
     args = parser.parse_args()
     start = time.perf_counter()
     cuda = torch.cuda.is_available()
     device = torch.cuda.get_device_name() if cuda else "no CUDA device (CPU columns only)"
     print(f"{device}; torch {torch.__version__}; {os.cpu_count()} CPU cores, {torch.get_num_threads()} threads")
     pershom = None if args.no_torchph else _torchph()
-    results: list = []
-    sections = [lambda: loss_cases(pershom, cuda, results), lambda: fused_cases(results) if cuda else None,
-                lambda: schedule_cases(cuda, results),
-                lambda: cloud_cases(pershom, cuda, args.budget - (60 if cuda else 0), start, results),
-                lambda: training_cases(results, args.epoch_images) if cuda else None]
-    for section in sections:
-        section()
-        if args.out is not None:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps({"device": device, "torch": torch.__version__, "results": results},
-                                           indent=2, default=str))
+    results = _Results(args.out, device)
+    loss_cases(pershom, cuda, results)
+    if cuda:
+        fused_cases(results)
+    schedule_cases(cuda, results)
+    cloud_cases(pershom, cuda, args.budget - (60 if cuda else 0), start, results)
+    if cuda:
+        training_cases(results, args.epoch_images)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 

@@ -193,8 +193,9 @@ def h0_persistence(points: Tensor, metric: Metric = "l1", *, backend: str = "aut
     points' dtype) and their edges, ties in ascending (i, j) order.  All leading dimensions are
     clouds computed in one call.  Duplicate points give death times of exactly 0, which are kept.
     ``backend``: "auto" (the compiled kernel on CPU, Borůvka elsewhere), "native", "torch" or
-    "triton" (on a GPU: one fused kernel for clouds of up to 1,024 points, Borůvka on kernel-computed
-    rows beyond); all return the same tree.  On CPU the native kernel never builds the n x n matrix (memory O(n d));
+    "triton" (on a GPU: one fused kernel for clouds of up to 1,024 points under l1, l2 or linf;
+    beyond, Borůvka on kernel-computed rows for l1 and l2, plain Borůvka otherwise); all return
+    the same tree.  On CPU the native kernel never builds the n x n matrix (memory O(n d));
     Borůvka keeps one matrix only while it fits and otherwise scans rows in tiles, so 100,000
     points of dimension 160 fit.
 
