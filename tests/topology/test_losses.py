@@ -75,8 +75,8 @@ def _kernel_ops(run) -> int:
 
 @pytest.mark.parametrize("metric, limit", [("l1", 20), ("l2", 26)])
 def test_the_backward_issues_few_kernels(metric, limit):
-    """The device-independent proxy for a launch-bound GPU: the death times' own backward (16 (l1)
-    and 22 (l2) operations, against 26 and 37 through autograd) for the paper's loss."""
+    """The device-independent proxy for a launch-bound GPU: the lengths' own backward (18 (l1) and
+    24 (l2) operations, against 26 and 37 through autograd) for the paper's loss."""
     loss = ConnectivityLoss(eta=2.0, branches=16, metric=metric, backend="native")
     z = torch.randn(100, 160, requires_grad=True)
     loss(z).backward()

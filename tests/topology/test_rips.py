@@ -149,6 +149,29 @@ def test_float32_close_to_float64(rng):
     np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5)
 
 
+@pytest.mark.parametrize("metric", ["l1", "l2", 3.0])
+@pytest.mark.parametrize("dtype, exponent", [(torch.float32, 66), (torch.float32, -84), (torch.float64, 500),
+                                             (torch.float64, -540)])
+def test_huge_and_tiny_coordinates_scale_exactly(rng, metric, dtype, exponent):
+    """The diagrams of 2**k x are those of x times 2**k, bit for bit, with their gradients those of
+    x: near the ends of the dtype's range the lengths of dimension >= 1 came out inf (squares
+    overflowing at 1e20 in float32), 0 or a few 1e-4 off (underflowing at 1e-25 and 1e-21)."""
+    x = torch.from_numpy(rng.normal(size=(25, 3))).to(dtype)
+
+    def diagrams_and_gradient(points):
+        leaf = points.clone().requires_grad_()
+        diagrams = rips_persistence(leaf, metric, max_dimension=1)
+        sum(d.pairs.sum() for d in diagrams if len(d.pairs)).backward()
+        return [d.pairs.detach() for d in diagrams], leaf.grad
+
+    pairs, gradient = diagrams_and_gradient(x)
+    scaled_pairs, scaled_gradient = diagrams_and_gradient(torch.ldexp(x, torch.tensor(exponent)))
+    assert len(pairs[1]) > 0
+    for want, got in zip(pairs, scaled_pairs):
+        assert torch.equal(got, torch.ldexp(want, torch.tensor(exponent)))
+    assert torch.equal(scaled_gradient, gradient)
+
+
 def test_engine_is_optional_and_named_in_the_error(rng, monkeypatch):
     monkeypatch.setitem(sys.modules, "gph", None)  # as if giotto-ph were not installed
     x = torch.from_numpy(rng.normal(size=(10, 2)))

@@ -156,7 +156,8 @@ def edge_lengths(x: Tensor, edges: Tensor, metric: Metric = "l1") -> Tensor:
     in the units of ``metric`` and summed in the fixed order the death times use.
 
     ``edges`` holds integer vertex indices in [0, n) and has ``x``'s leading dimensions; gradients
-    flow to the two end points of every edge through the distance itself.
+    flow to the two end points of every edge through the distance itself.  Huge or tiny
+    coordinates neither overflow nor underflow (:func:`lengths_of`).
     """
     p = metric_order(metric)
     check_points(x, check_values=False)
@@ -172,14 +173,34 @@ def edge_lengths(x: Tensor, edges: Tensor, metric: Metric = "l1") -> Tensor:
         if low < 0 or high >= n:
             raise ValueError(f"edges index vertices {int(low)}..{int(high)}, outside 0..{n - 1}")
     points = x.reshape(-1, n, d)
+    if points.dtype not in (torch.float32, torch.float64):
+        points = points.float()  # float16 and bfloat16 are measured in float32, returned in their dtype
     lengths = lengths_of(points, edges.reshape(len(points), *edges.shape[-2:]).to(torch.long), p)
-    return lengths.reshape(edges.shape[:-1])
+    return lengths.to(x.dtype).reshape(edges.shape[:-1])
 
 
-def lengths_of(points: Tensor, edges: Tensor, p: float) -> Tensor:
-    """:func:`edge_lengths` of int64 ``edges`` (B, k, 2) between ``points`` (B, n, d) -> (B, k),
-    unchecked: for callers whose indices are in [0, n) by construction."""
-    return lp_norm(edge_vectors(points, edges), p)
+def power_of_two_scale(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per cloud of ``x`` (B, n, d), the power of two s with max|x| / s in [1, 2): dividing by it
+    is exact.  Returns (s as (B, 1, 1), max|x| per cloud (B,), NaN or inf where the cloud holds one)."""
+    top = x.detach().abs().amax(dim=(1, 2))
+    exponent = torch.frexp(top).exponent - 1
+    return torch.ldexp(torch.ones_like(top), exponent)[:, None, None], top
+
+
+def lengths_of(points: Tensor, edges: Tensor, p: float, scaled: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """:func:`edge_lengths` of int64 ``edges`` (B, k, 2) between float32 or float64 ``points``
+    (B, n, d) -> (B, k), unchecked: for callers whose indices are in [0, n) by construction.
+
+    Measured on the clouds divided by a power of two (:func:`power_of_two_scale`; pass
+    ``scaled`` = (points / s, s) where they are at hand), so squares and p-th powers neither
+    overflow nor underflow, and multiplied back: the same bits as without scaling wherever that
+    does not overflow or underflow, a power of two being exact.
+    """
+    if scaled is None:
+        with torch.no_grad():
+            scale = power_of_two_scale(points)[0]
+            scaled = points / scale, scale
+    return _Lengths.apply(points, *scaled, edges, p)
 
 
 def edge_vectors(points: Tensor, edges: Tensor) -> Tensor:
@@ -188,3 +209,51 @@ def edge_vectors(points: Tensor, edges: Tensor) -> Tensor:
     ends = edges.reshape(batch, -1)  # (B, 2k): i0, j0, i1, j1, ...
     first, second = points.gather(1, ends[..., None].expand(-1, -1, d)).unflatten(1, (-1, 2)).unbind(2)
     return first - second
+
+
+def _length_gradient(diff: Tensor, lengths: Tensor | None, p: float) -> Tensor:
+    """d length / d diff (B, k, d) for edge vectors ``diff`` with l_p ``lengths`` (B, k) (unused
+    for l1): torch's own rules for its norms, 0 at length 0, and alike at any scale."""
+    if p == 1.0:
+        return diff.sign()
+    positive = (lengths > 0)[..., None]
+    if p == math.inf:  # torch's amax shares the gradient among tied maxima
+        top = diff.abs() == lengths[..., None]
+        return diff.sign() * top / top.sum(dim=-1, keepdim=True)
+    safe = torch.where(positive, lengths[..., None], 1.0)
+    if p == 2.0:
+        return torch.where(positive, diff / safe, 0.0)
+    return torch.where(positive, diff * diff.abs().pow(p - 2) / safe.pow(p - 1), 0.0)
+
+
+class _Lengths(torch.autograd.Function):
+    """Lengths of ``edges`` (B, k, 2) of clouds ``points`` (B, n, d), measured on ``scaled`` =
+    ``points`` / ``scale`` ((B, 1, 1) powers of two) and multiplied back.
+
+    Its own backward because a length's gradient does not depend on the scale: autograd through
+    ``* scale`` and ``/ scale`` overflowed to inf at coordinates near float32's limit and lost bits
+    to underflow at tiny ones, and took twice the kernels (each one a launch on a GPU).
+    """
+
+    @staticmethod
+    def forward(ctx, points: Tensor, scaled: Tensor, scale: Tensor, edges: Tensor, p: float) -> Tensor:
+        lengths = lp_norm(edge_vectors(scaled, edges), p)  # in the units of the scaled clouds
+        ctx.p = p
+        ctx.save_for_backward(points, scaled, scale, edges, None if p == 1.0 else lengths)
+        return lengths * scale[:, :, 0]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        points, scaled, scale, edges, lengths = ctx.saved_tensors
+        if torch.is_grad_enabled():  # a double backward: differentiate a recomputation
+            with torch.enable_grad():
+                at = points / scale
+                (gradient,) = torch.autograd.grad(lp_norm(edge_vectors(at, edges), ctx.p), at, grad,
+                                                  create_graph=True)
+            return gradient, None, None, None, None
+        # one closed form per edge, +- onto its two end points
+        batch, n, d = scaled.shape
+        per_edge = _length_gradient(edge_vectors(scaled, edges), lengths, ctx.p) * grad[..., None]
+        both = torch.stack((per_edge, -per_edge), dim=2).flatten(1, 2)  # onto i0, j0, i1, j1, ...
+        ends = edges.reshape(batch, -1, 1).expand(-1, -1, d)
+        return torch.zeros_like(scaled).scatter_add_(1, ends, both), None, None, None, None

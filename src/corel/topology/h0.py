@@ -32,9 +32,9 @@ from corel.topology.distances import (
     check_distance_matrix,
     check_finite,
     check_points,
-    edge_vectors,
     lengths_of,
     metric_order,
+    power_of_two_scale,
 )
 
 BACKENDS = ("auto", "native", "torch", "triton")
@@ -87,87 +87,18 @@ def _work(x: Tensor) -> Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-def _scale(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per cloud of ``x`` (B, n, d), the power of two s with max|x| / s in [1, 2): dividing by it
-    is exact.  Returns (s as (B, 1, 1), max|x| per cloud (B,), NaN or inf where the cloud holds one)."""
-    top = x.detach().abs().amax(dim=(1, 2))
-    exponent = torch.frexp(top).exponent - 1
-    return torch.ldexp(torch.ones_like(top), exponent)[:, None, None], top
-
-
-def _order(deaths: Tensor, edges: Tensor, n: int) -> Tensor:
-    """The permutation (B, k) that sorts deaths (B, k) with edges (B, k, 2) by (death, i, j), in one
-    sort of packed keys where they fit (:func:`~corel.topology.boruvka.edge_keys`).  The engines
-    order by the values they compare: squared sums for l2 (distinct ones can share a root), torch's
-    for another p, and a cast to float16 or bfloat16 can tie distinct deaths."""
+def _ordered(deaths: Tensor, edges: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """Sorts (B, k) deaths and (B, k, 2) edges by (death, i, j), in one sort of packed keys where
+    they fit (:func:`~corel.topology.boruvka.edge_keys`).  The engines order by the values they
+    compare: squared sums for l2 (distinct ones can share a root), torch's for another p, and a
+    cast to float16 or bfloat16 can tie distinct deaths."""
     eid = edges[..., 0] * n + edges[..., 1]
     values = deaths.detach()
     if values.dtype not in (torch.float32, torch.float64):
         values = values.float()  # exact: equal deaths stay equal, and float32 keys pack into one sort
     keys_of = edge_keys(values.dtype, n)
-    return keys_of.order(keys_of.of(values + 0.0, eid))  # + 0.0: a -0.0 death (from a matrix) ties with 0.0
-
-
-def _ordered(deaths: Tensor, edges: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """Deaths (B, k) and edges (B, k, 2) sorted by (death, i, j) (:func:`_order`)."""
-    order = _order(deaths, edges, n)
+    order = keys_of.order(keys_of.of(values + 0.0, eid))  # + 0.0: a -0.0 death (from a matrix) ties with 0.0
     return deaths.gather(-1, order), edges.gather(-2, order[..., None].expand(*order.shape, 2))
-
-
-def _length_gradient(diff: Tensor, lengths: Tensor | None, p: float) -> Tensor:
-    """d length / d diff (B, k, d) for edge vectors ``diff`` with l_p ``lengths`` (B, k) (unused
-    for l1): torch's own rules for its norms, 0 at length 0, and alike at any scale."""
-    if p == 1.0:
-        return diff.sign()
-    positive = (lengths > 0)[..., None]
-    if p == math.inf:  # torch's amax shares the gradient among tied maxima
-        top = diff.abs() == lengths[..., None]
-        return diff.sign() * top / top.sum(dim=-1, keepdim=True)
-    safe = torch.where(positive, lengths[..., None], 1.0)
-    if p == 2.0:
-        return torch.where(positive, diff / safe, 0.0)
-    return torch.where(positive, diff * diff.abs().pow(p - 2) / safe.pow(p - 1), 0.0)
-
-
-class _DeathTimes(torch.autograd.Function):
-    """Death times of clouds ``work`` (B, n, d) at their tree ``edges`` (B, n-1, 2), measured on
-    ``scaled`` = ``work`` / ``scale`` (exact: ``scale`` (B, 1, 1) is a power of two) and multiplied
-    back, in ``dtype``, sorted with their edges by (death, i, j).
-
-    Its own backward because a death time's gradient does not depend on the scale: autograd
-    through ``* scale`` and ``/ scale`` overflowed to inf at coordinates near float32's limit and
-    lost bits to underflow at tiny ones, and took twice the kernels (each one a launch on a GPU).
-    """
-
-    @staticmethod
-    def forward(ctx, work: Tensor, scaled: Tensor, scale: Tensor, edges: Tensor, p: float,
-                dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        lengths = lengths_of(scaled, edges, p)  # in the units of the scaled clouds
-        deaths = lengths * scale[:, :, 0]
-        if deaths.dtype != dtype:
-            deaths = deaths.to(dtype)
-        order = _order(deaths, edges, scaled.shape[1])
-        edges = edges.gather(-2, order[..., None].expand(*order.shape, 2))
-        ctx.p = p
-        ctx.save_for_backward(work, scaled, scale, edges, None if p == 1.0 else lengths.gather(-1, order))
-        ctx.mark_non_differentiable(edges)
-        return deaths.gather(-1, order), edges
-
-    @staticmethod
-    def backward(ctx, grad: Tensor, _: Tensor | None) -> tuple[Tensor | None, ...]:
-        work, scaled, scale, edges, lengths = ctx.saved_tensors
-        g = grad.to(scaled.dtype)
-        if torch.is_grad_enabled():  # a double backward: differentiate a recomputation of the lengths
-            with torch.enable_grad():
-                at = work / scale
-                (gradient,) = torch.autograd.grad(lengths_of(at, edges, ctx.p), at, g, create_graph=True)
-            return gradient, None, None, None, None, None
-        # one closed form per edge, +- onto its two end points
-        batch, n, d = scaled.shape
-        per_edge = _length_gradient(edge_vectors(scaled, edges), lengths, ctx.p) * g[..., None]
-        both = torch.stack((per_edge, -per_edge), dim=2).flatten(1, 2)  # onto i0, j0, i1, j1, ...
-        ends = edges.reshape(batch, -1, 1).expand(-1, -1, d)
-        return torch.zeros_like(scaled).scatter_add_(1, ends, both), None, None, None, None, None
 
 
 def _check_overflow(deaths: Tensor, largest: float, d: int, dtype: torch.dtype) -> None:
@@ -218,7 +149,7 @@ def h0_persistence(points: Tensor, metric: Metric = "l1", *, backend: str = "aut
     # contiguous: the loss passes its branches as a strided view, where the reductions below ran
     # 10x slower on CPU (amax 48 vs 4.6 us at 16 x 100 x 10); a no-op for contiguous points
     work = _work(points.reshape(-1, n, d)).contiguous()
-    scale, top = _scale(work)
+    scale, top = power_of_two_scale(work)
     if checked:
         largest = float(top.max())  # the one host synchronisation: validity and overflow in one number
         if not largest < math.inf:  # NaN or inf
@@ -230,11 +161,14 @@ def h0_persistence(points: Tensor, metric: Metric = "l1", *, backend: str = "aut
             finite = torch.isfinite(top)[:, None]
             select = torch.where(finite[..., None], select, 0.0)
         edges = _tree(select, p, engine)
-    deaths, edges = _DeathTimes.apply(work, scaled, scale, edges, p, points.dtype)
+    deaths = lengths_of(work, edges, p, (scaled, scale))
+    if deaths.dtype != points.dtype:
+        deaths = deaths.to(points.dtype)
     if checked:
         _check_overflow(deaths, largest, d, points.dtype)
     else:  # overflowing distances come out as inf deaths by themselves
         deaths = torch.where(finite, deaths, math.nan)
+    deaths, edges = _ordered(deaths, edges, n)
     return H0(deaths.reshape(*batch, n - 1), edges.reshape(*batch, n - 1, 2))
 
 

@@ -30,6 +30,7 @@ from corel.topology.distances import (
     edge_lengths,
     metric_order,
     pairwise_distances,
+    power_of_two_scale,
 )
 from corel.topology.h0 import h0_persistence, h0_persistence_from_distances
 
@@ -90,19 +91,21 @@ def higher_diagrams(data: Tensor, metric: Metric | None, max_dimension: int,
                      threshold: float) -> list[Diagram]:
     """Dimensions 1..max_dimension of one cloud (n, d) under ``metric``, or of one distance matrix
     (n, n) when ``metric`` is None."""
-    cpu64 = dict(device="cpu", dtype=torch.float64)
+    values = data.detach().to(device="cpu", dtype=torch.float64)
+    # the engine sees the values divided by a power of two (exact), near 1: it works in float32,
+    # where 1e-163 or 1e150 would come out 0 or inf, and squares of 1e-163 underflow even in float64
+    scale = float(power_of_two_scale(values[None])[0])
     if metric is None:
-        dist = data.detach().to(**cpu64).numpy()
+        dist = (values / scale).numpy()
 
         def lengths(edges: Tensor) -> Tensor:
             return data[edges[:, 0], edges[:, 1]]
     else:
-        with torch.no_grad():
-            dist = pairwise_distances(data.detach().to(**cpu64), metric).numpy()
+        dist = pairwise_distances(values / scale, metric).numpy()
 
         def lengths(edges: Tensor) -> Tensor:
             return edge_lengths(data, edges, metric)
-    return _engine_diagrams(dist, max_dimension, threshold, lengths, data.device)
+    return _engine_diagrams(dist, max_dimension, threshold / scale, lengths, data.device)
 
 
 def _per_cloud(batch: torch.Size, diagrams_of: Callable[[tuple], list[Diagram]]) -> list:
