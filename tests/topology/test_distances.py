@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from corel.topology.distances import edge_lengths, lp_norm
+from corel.topology.distances import edge_lengths, lp_norm, pairwise_distances
 
 
 def _oracle(diff: np.ndarray, p: float) -> np.ndarray:
@@ -79,3 +79,13 @@ def test_edge_lengths_name_bad_edges():
         with pytest.raises(ValueError, match=message):
             edge_lengths(x, edges)
     assert torch.equal(edge_lengths(x, good.int()), torch.zeros(2, 4))  # int32 indices are fine
+
+
+@pytest.mark.parametrize("exponent", [70, -90])
+@pytest.mark.parametrize("metric", ["l1", "l2", 3.0])
+def test_pairwise_distances_scale_exactly(rng, exponent, metric):
+    """Squares of 1e21 overflow float32 and those of 1e-27 underflow: torch.cdist gives inf or 0
+    there; the distances of 2**k x are those of x times 2**k."""
+    x = torch.from_numpy(rng.normal(size=(2, 30, 5))).float()
+    k = torch.tensor(exponent)
+    assert torch.equal(pairwise_distances(torch.ldexp(x, k), metric), torch.ldexp(pairwise_distances(x, metric), k))

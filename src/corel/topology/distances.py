@@ -96,10 +96,16 @@ def pairwise_distances(x: Tensor, metric: Metric = "l1") -> Tensor:
     l2 never uses the matmul expansion ``|x|^2 + |y|^2 - 2xy``: in float32 it errs by up to ~3e-3
     between identical points, which breaks exact ties and duplicates.  Summed by ``torch.cdist``
     (memory O(n^2)), so an entry can differ in the last bit from the death time of the same edge,
-    which follows :func:`fixed_order_sum` (:func:`edge_lengths`).
+    which follows :func:`fixed_order_sum` (:func:`edge_lengths`).  Computed on the clouds divided
+    by a power of two (exact), so squares neither overflow nor underflow: l2 distances of points
+    at 1e20 in float32 are finite, those at 1e-25 not 0.
     """
     p = metric_order(metric)
-    return torch.cdist(x, x, p=p, compute_mode="donot_use_mm_for_euclid_dist")
+    if x.ndim < 2 or x.numel() == 0:
+        return torch.cdist(x, x, p=p)  # torch's own error, or an empty result
+    scale = power_of_two_scale(x.reshape(-1, *x.shape[-2:]))[0].view(*x.shape[:-2], 1, 1)
+    scaled = x / scale
+    return torch.cdist(scaled, scaled, p=p, compute_mode="donot_use_mm_for_euclid_dist") * scale
 
 
 def fixed_order_sum(v: Tensor) -> Tensor:
