@@ -65,6 +65,15 @@ def test_training_writes_run_and_lowers_loss(tmp_path, digits):
     torch.testing.assert_close(loaded.encode(digits[:10]), backbone.encode(digits[:10]))
 
 
+def test_training_leaves_torch_flags_as_it_found_them(tmp_path, digits, monkeypatch):
+    """Lightning's deterministic mode holds during the run only (it used to stay on for the process)."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    assert not torch.are_deterministic_algorithms_enabled()
+    run(digits, tmp_path / "run", epochs=1)
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+
+
 def test_resume_equals_uninterrupted(tmp_path, digits):
     straight = run(digits, tmp_path / "a", epochs=3)
     run(digits, tmp_path / "b", epochs=2)

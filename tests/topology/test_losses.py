@@ -73,10 +73,11 @@ def _kernel_ops(run) -> int:
                                              for c in e.cpu_children))
 
 
-@pytest.mark.parametrize("metric, limit", [("l1", 20), ("l2", 26)])
+@pytest.mark.parametrize("metric, limit", [("l1", 22), ("l2", 30)])
 def test_the_backward_issues_few_kernels(metric, limit):
-    """The device-independent proxy for a launch-bound GPU: the lengths' own backward (18 (l1) and
-    24 (l2) operations, against 26 and 37 through autograd) for the paper's loss."""
+    """The device-independent proxy for a launch-bound GPU: the lengths' own backward (18-19 (l1)
+    and 24-25 (l2) operations, against 26 and 37 through autograd) for the paper's loss, in
+    torch's default mode (its deterministic one adds kernels to the scatter)."""
     loss = ConnectivityLoss(eta=2.0, branches=16, metric=metric, backend="native")
     z = torch.randn(100, 160, requires_grad=True)
     loss(z).backward()

@@ -335,6 +335,23 @@ def quiet_lightning() -> Iterator[None]:
             logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def _torch_flags_kept() -> Iterator[None]:
+    """Restores torch's deterministic-algorithms mode and the cuBLAS workspace setting afterwards:
+    Lightning's ``deterministic=True`` sets both for the whole process and leaves them on (the
+    caller's later work would run torch's slower deterministic kernels)."""
+    mode = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(mode[0], warn_only=mode[1])
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
+
+
 def _finish(out: Path, backbone: Backbone, info: dict[str, Any], seconds: float | None,
             stats: dict[str, float] | None, deaths: Tensor | None, lam: float) -> None:
     """Writes the finished run's backbone.pt, summary.json and, with the deaths, death_times.png."""
@@ -419,7 +436,7 @@ def train(
                                      h0_backend)
     module.run_record = {"settings": settings}
     data = ImageDataModule(images, config.batch_size, config.seed)
-    with quiet_lightning():
+    with quiet_lightning(), _torch_flags_kept():
         trainer = L.Trainer(
             max_epochs=config.epochs,
             accelerator=accelerator,
