@@ -315,10 +315,12 @@ class _Results(list):
 
     def append(self, row: dict) -> None:
         super().append(row)
-        if self.path is not None:
+        if self.path is not None:  # beside, then replaced: an interrupt never leaves half a file
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps({"device": self.device, "torch": torch.__version__, "results": self},
-                                            indent=2, default=str))
+            partial = self.path.with_name(self.path.name + ".partial")
+            partial.write_text(json.dumps({"device": self.device, "torch": torch.__version__, "results": self},
+                                          indent=2, default=str))
+            os.replace(partial, self.path)
 
 
 def main() -> None:

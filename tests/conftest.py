@@ -25,7 +25,12 @@ def _why_no_triton() -> str | None:
     than 3.9, whose API they do not fit: 3.6's fails), or None."""
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed"
-    version = importlib.metadata.version("triton")
+    try:
+        version = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:  # the module from another distribution (pytorch-triton)
+        import triton
+
+        version = triton.__version__
     if not torch.cuda.is_available() and tuple(map(int, version.split(".")[:2])) < (3, 9):
         return f"without a GPU the kernels need Triton's interpreter from 3.9 on, not {version}"
     return None

@@ -1,6 +1,8 @@
 """Edge lengths in one fixed rounding (the same bits whatever the layout, and so on any device), and
 the public edge_lengths: distances at given edges, with clear errors for bad edges."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -54,7 +56,7 @@ def test_float32_roots_are_exactly_rounded(rng):
     assert np.array_equal(_sqrt(torch.from_numpy(values)).numpy(), np.sqrt(values))
 
 
-@pytest.mark.parametrize("metric, p", [("l1", 1), ("l2", 2), ("linf", np.inf), (3.0, 3)])
+@pytest.mark.parametrize("metric, p", [("l1", 1), ("l2", 2), ("linf", np.inf), (3.0, 3), (1.5, 1.5)])
 def test_edge_lengths_are_the_distances_at_the_edges(rng, metric, p):
     x = torch.from_numpy(rng.normal(size=(2, 3, 12, 4)))
     edges = torch.from_numpy(rng.integers(0, 12, size=(2, 3, 7, 2)))
@@ -89,3 +91,43 @@ def test_pairwise_distances_scale_exactly(rng, exponent, metric):
     x = torch.from_numpy(rng.normal(size=(2, 30, 5))).float()
     k = torch.tensor(exponent)
     assert torch.equal(pairwise_distances(torch.ldexp(x, k), metric), torch.ldexp(pairwise_distances(x, metric), k))
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf, 3.0, 1.5])
+def test_edge_length_gradients_are_torchs(rng, p):
+    """The closed-form backward against autograd through torch's own norm: on points that share
+    coordinates (|diff|^(p-2) is infinite there for p < 2; torch's rule gives 0), duplicates, and
+    through torch.func (jacrev, vmap); a double backward keeps the first derivatives' bits."""
+    x = torch.from_numpy(rng.integers(0, 3, size=(12, 3)).astype(float)).requires_grad_()  # shared coordinates
+    edges = torch.from_numpy(rng.integers(0, 12, size=(20, 2)))
+    weights = torch.from_numpy(rng.normal(size=20))
+
+    def reference(points: torch.Tensor) -> torch.Tensor:
+        diff = points[edges[:, 0]] - points[edges[:, 1]]
+        return torch.linalg.vector_norm(diff, ord=p, dim=-1)
+
+    (got,) = torch.autograd.grad((edge_lengths(x, edges, p) * weights).sum(), x)
+    (want,) = torch.autograd.grad((reference(x) * weights).sum(), x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert torch.isfinite(got).all()
+    jacobian = torch.func.jacrev(lambda v: edge_lengths(v, edges, p))(x.detach())
+    torch.testing.assert_close(jacobian, torch.autograd.functional.jacobian(reference, x.detach()), rtol=1e-12, atol=1e-12)
+    batch = torch.from_numpy(rng.normal(size=(4, 12, 3)))
+    assert torch.equal(torch.func.vmap(lambda v: edge_lengths(v, edges, p))(batch),
+                       edge_lengths(batch, edges.expand(4, -1, -1), p))
+    (again,) = torch.autograd.grad((edge_lengths(x, edges, p) * weights).sum(), x, create_graph=True)
+    assert torch.equal(again.detach(), got)
+
+
+@pytest.mark.parametrize("metric", ["l1", "linf"])
+def test_pairwise_distance_gradients_survive_huge_coordinates(rng, metric):
+    """No powers, no scaling: torch's gradient, the same at 2**126 x as at x (autograd through a
+    scaling multiplied it by 2**126 and overflowed)."""
+    x = torch.from_numpy(rng.normal(size=(30, 4)) / 32).float()  # distances stay finite at 2**126 x
+
+    def gradient(points: torch.Tensor) -> torch.Tensor:
+        leaf = points.clone().requires_grad_()
+        pairwise_distances(leaf, metric).sum().backward()
+        return leaf.grad
+
+    assert torch.equal(gradient(torch.ldexp(x, torch.tensor(126))), gradient(x))

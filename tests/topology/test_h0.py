@@ -73,7 +73,7 @@ def test_from_distance_matrix_equals_points(rng):
     assert torch.equal(a.edges, b.edges)
 
 
-@pytest.mark.parametrize("metric", ["l1", "l2", "linf", 3.0])
+@pytest.mark.parametrize("metric", ["l1", "l2", "linf", 3.0, 1.5])
 def test_gradcheck(rng, metric):
     x = torch.from_numpy(rng.normal(size=(2, 9, 3))).requires_grad_()
     assert torch.autograd.gradcheck(lambda p: h0_persistence(p, metric).deaths, (x,))

@@ -96,14 +96,19 @@ def pairwise_distances(x: Tensor, metric: Metric = "l1") -> Tensor:
     l2 never uses the matmul expansion ``|x|^2 + |y|^2 - 2xy``: in float32 it errs by up to ~3e-3
     between identical points, which breaks exact ties and duplicates.  Summed by ``torch.cdist``
     (memory O(n^2)), so an entry can differ in the last bit from the death time of the same edge,
-    which follows :func:`fixed_order_sum` (:func:`edge_lengths`).  Computed on the clouds divided
-    by a power of two (exact), so squares neither overflow nor underflow: l2 distances of points
-    at 1e20 in float32 are finite, those at 1e-25 not 0.
+    which follows :func:`fixed_order_sum` (:func:`edge_lengths`).  For l2 and other p, clouds
+    whose squares (p-th powers) could leave the dtype are divided by a power of two (exact) and
+    the distances multiplied back: points at 1e21 in float32 get finite distances, at 1e-27 not
+    0.  Only those: through the scaling, autograd multiplies the incoming gradient by the scale,
+    which near the dtype's limit can overflow.
     """
     p = metric_order(metric)
-    if x.ndim < 2 or x.numel() == 0:
-        return torch.cdist(x, x, p=p)  # torch's own error, or an empty result
-    scale = power_of_two_scale(x.reshape(-1, *x.shape[-2:]))[0].view(*x.shape[:-2], 1, 1)
+    if p in (1.0, math.inf) or x.ndim < 2 or x.numel() == 0:  # no powers: nothing to leave the dtype
+        return torch.cdist(x, x, p=p, compute_mode="donot_use_mm_for_euclid_dist")
+    scale, top = power_of_two_scale(x.reshape(-1, *x.shape[-2:]))
+    info = torch.finfo(x.dtype)
+    inside = (top >= info.tiny ** (1 / (2 * p))) & (top <= info.max ** (1 / (2 * p)))
+    scale = torch.where(inside[:, None, None], 1.0, scale).view(*x.shape[:-2], 1, 1)
     scaled = x / scale
     return torch.cdist(scaled, scaled, p=p, compute_mode="donot_use_mm_for_euclid_dist") * scale
 
@@ -174,7 +179,7 @@ def edge_lengths(x: Tensor, edges: Tensor, metric: Metric = "l1") -> Tensor:
         raise ValueError(f"edges must have shape (..., k, 2) with the points' leading dimensions "
                          f"{tuple(x.shape[:-2])}, got {tuple(edges.shape)}")
     n, d = x.shape[-2:]
-    if edges.numel():
+    if edges.numel() and not torch.compiler.is_compiling():  # a data-dependent branch: not inside a graph
         low, high = torch.aminmax(edges)
         if low < 0 or high >= n:
             raise ValueError(f"edges index vertices {int(low)}..{int(high)}, outside 0..{n - 1}")
@@ -206,7 +211,7 @@ def lengths_of(points: Tensor, edges: Tensor, p: float, scaled: tuple[Tensor, Te
         with torch.no_grad():
             scale = power_of_two_scale(points)[0]
             scaled = points / scale, scale
-    return _Lengths.apply(points, *scaled, edges, p)
+    return _Lengths.apply(points, *scaled, edges, p)[0]
 
 
 def edge_vectors(points: Tensor, edges: Tensor) -> Tensor:
@@ -219,7 +224,8 @@ def edge_vectors(points: Tensor, edges: Tensor) -> Tensor:
 
 def _length_gradient(diff: Tensor, lengths: Tensor | None, p: float) -> Tensor:
     """d length / d diff (B, k, d) for edge vectors ``diff`` with l_p ``lengths`` (B, k) (unused
-    for l1): torch's own rules for its norms, 0 at length 0, and alike at any scale."""
+    for l1): torch's own rules for its norms, 0 at length 0 and at zero coordinates, and alike
+    at any scale."""
     if p == 1.0:
         return diff.sign()
     positive = (lengths > 0)[..., None]
@@ -229,37 +235,51 @@ def _length_gradient(diff: Tensor, lengths: Tensor | None, p: float) -> Tensor:
     safe = torch.where(positive, lengths[..., None], 1.0)
     if p == 2.0:
         return torch.where(positive, diff / safe, 0.0)
-    return torch.where(positive, diff * diff.abs().pow(p - 2) / safe.pow(p - 1), 0.0)
+    # sign * (|diff| / length)^(p-1): finite for every p >= 1 (|diff|^(p-2) is inf at 0 for p < 2)
+    return torch.where(positive, diff.sign() * (diff.abs() / safe).pow(p - 1), 0.0)
+
+
+def _edge_gradient(scaled: Tensor, edges: Tensor, lengths: Tensor | None, p: float, grad: Tensor) -> Tensor:
+    """The gradient (B, n, d) of the lengths of ``edges`` (B, k, 2) in clouds ``scaled`` (B, n, d)
+    (of any scale), weighted by ``grad`` (B, k): one closed form per edge, +- onto its end points."""
+    batch, n, d = scaled.shape
+    per_edge = _length_gradient(edge_vectors(scaled, edges), lengths, p) * grad[..., None]
+    both = torch.stack((per_edge, -per_edge), dim=2).flatten(1, 2)  # onto i0, j0, i1, j1, ...
+    # out of place: under torch.func's vmap the incoming gradient may be batched where the cloud is not
+    return torch.zeros_like(scaled).scatter_add(1, edges.reshape(batch, -1, 1).expand(-1, -1, d), both)
 
 
 class _Lengths(torch.autograd.Function):
     """Lengths of ``edges`` (B, k, 2) of clouds ``points`` (B, n, d), measured on ``scaled`` =
-    ``points`` / ``scale`` ((B, 1, 1) powers of two) and multiplied back.
+    ``points`` / ``scale`` ((B, 1, 1) powers of two) and multiplied back -> (lengths (B, k), the
+    same in the scaled units, not differentiable).
 
     Its own backward because a length's gradient does not depend on the scale: autograd through
     ``* scale`` and ``/ scale`` overflowed to inf at coordinates near float32's limit and lost bits
-    to underflow at tiny ones, and took twice the kernels (each one a launch on a GPU).
+    to underflow at tiny ones, and took twice the kernels (each one a launch on a GPU).  Second
+    derivatives differentiate the same closed form (so first derivatives keep their bits);
+    torch.func's reverse-mode transforms work (``vmap``, ``jacrev``: a generated vmap rule).  No
+    forward mode (``jvp``, ``jacfwd``): torch.compile cannot trace a Function that defines it.
     """
 
-    @staticmethod
-    def forward(ctx, points: Tensor, scaled: Tensor, scale: Tensor, edges: Tensor, p: float) -> Tensor:
-        lengths = lp_norm(edge_vectors(scaled, edges), p)  # in the units of the scaled clouds
-        ctx.p = p
-        ctx.save_for_backward(points, scaled, scale, edges, None if p == 1.0 else lengths)
-        return lengths * scale[:, :, 0]
+    generate_vmap_rule = True
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+    def forward(points: Tensor, scaled: Tensor, scale: Tensor, edges: Tensor, p: float) -> tuple[Tensor, Tensor]:
+        lengths = lp_norm(edge_vectors(scaled, edges), p)  # in the units of the scaled clouds
+        return lengths * scale[:, :, 0], lengths
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
+        points, scaled, scale, edges, p = inputs
+        ctx.p = p
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(points, scaled, scale, edges, None if p == 1.0 else output[1])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, _: Tensor | None) -> tuple[Tensor | None, ...]:
         points, scaled, scale, edges, lengths = ctx.saved_tensors
-        if torch.is_grad_enabled():  # a double backward: differentiate a recomputation
-            with torch.enable_grad():
-                at = points / scale
-                (gradient,) = torch.autograd.grad(lp_norm(edge_vectors(at, edges), ctx.p), at, grad,
-                                                  create_graph=True)
-            return gradient, None, None, None, None
-        # one closed form per edge, +- onto its two end points
-        batch, n, d = scaled.shape
-        per_edge = _length_gradient(edge_vectors(scaled, edges), lengths, ctx.p) * grad[..., None]
-        both = torch.stack((per_edge, -per_edge), dim=2).flatten(1, 2)  # onto i0, j0, i1, j1, ...
-        ends = edges.reshape(batch, -1, 1).expand(-1, -1, d)
-        return torch.zeros_like(scaled).scatter_add_(1, ends, both), None, None, None, None
+        if torch.is_grad_enabled():  # a double backward: the same closed form, from the tracked points
+            scaled = points / scale
+            lengths = None if ctx.p == 1.0 else lp_norm(edge_vectors(scaled, edges), ctx.p)
+        return _edge_gradient(scaled, edges, lengths, ctx.p, grad), None, None, None, None
