@@ -131,3 +131,9 @@ def test_pairwise_distance_gradients_survive_huge_coordinates(rng, metric):
         return leaf.grad
 
     assert torch.equal(gradient(torch.ldexp(x, torch.tensor(126))), gradient(x))
+
+
+def test_lengths_under_large_p_do_not_underflow():
+    """Each length is taken relative to its largest term: 0.3**100 underflows float32, the length does not."""
+    x = torch.tensor([[0.0, 0.0], [0.3, 0.0], [1.0, 0.0]])
+    assert edge_lengths(x, torch.tensor([[0, 1], [0, 2]]), 100.0).tolist() == pytest.approx([0.3, 1.0], rel=1e-6)

@@ -285,6 +285,22 @@ def test_huge_and_tiny_coordinates(rng, backend, dtype, scale, metric, scipy_met
 
 
 @pytest.mark.parametrize("backend", ENGINES)
+@pytest.mark.parametrize("p", [10.0, 30.0])
+def test_large_p_in_float32_does_not_underflow(rng, backend, p):
+    """p-th powers of small differences underflow float32 early (p = 10: below 1.6e-4 of the
+    cloud's extent), which made short edges measure 0: such clouds are measured in float64 and
+    each length relative to its largest term."""
+    x = rng.normal(size=(60, 5)) * 1e-3 + np.where(np.arange(60) % 2, 1.0, 0.0)[:, None]  # clusters 1e-3 wide
+    stored = torch.from_numpy(x).float()
+    single, double = (h0_persistence(c, p, backend=backend) for c in (stored, stored.double()))
+    assert single.deaths.dtype == torch.float32 and torch.equal(single.edges, double.edges)
+    assert torch.equal(single.deaths, double.deaths.float())
+    assert (single.deaths > 0).all()
+    tiny = h0_persistence(torch.tensor([[0.0, 0.0], [0.01, 0.005], [1.0, 0.0]]), 30.0, backend=backend)
+    assert tiny.deaths[0].item() == pytest.approx(0.01, rel=1e-6)
+
+
+@pytest.mark.parametrize("backend", ENGINES)
 def test_distances_beyond_the_dtype_raise(backend):
     x = torch.tensor([[-3e38, 0.0], [3e38, 0.0]])
     with pytest.raises(ValueError, match="distance overflow"):

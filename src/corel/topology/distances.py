@@ -142,13 +142,18 @@ def fixed_order_pairwise(a: Tensor, b: Tensor, p: float) -> Tensor:
 def lp_norm(v: Tensor, p: float) -> Tensor:
     """l_p norm over the last dimension.  l1 and l2 are rounded alike on CPU and GPU (exactly
     rounded operations in one fixed order), linf is a maximum (exact anyway); other p use torch's
-    norm, whose pow is not exactly rounded.  At v = 0 the gradient is 0, not NaN."""
+    norm of each row divided by its largest term (pow is not exactly rounded).  At v = 0 the
+    gradient is 0, not NaN."""
     if p == math.inf:
         return v.abs().amax(dim=-1)
     if p == 1.0:
         return fixed_order_sum(v.abs())
     if p != 2.0:
-        return torch.linalg.vector_norm(v, ord=p, dim=-1)
+        # each row divided by its largest |v| first, so p-th powers of its small terms neither
+        # underflow nor those of its large ones overflow, whatever the cloud's scale
+        top = v.abs().amax(dim=-1, keepdim=True)
+        safe = torch.where(top > 0, top, 1.0)
+        return torch.linalg.vector_norm(v / safe, ord=p, dim=-1) * safe[..., 0]
     total = fixed_order_sum(v.square())
     positive = total > 0
     return torch.where(positive, _sqrt(torch.where(positive, total, 1.0)), 0.0)  # sqrt' is infinite at 0
