@@ -13,7 +13,9 @@ One line per case, milliseconds, median of repeats, forward + backward:
   torchph      the paper's CUDA library, when importable (the checkout's .anchors/torchph, built on
                first use: copy ../shared/anchors/torchph there and carry it)
   cdist        torch.cdist alone on the GPU, the floor of any engine
-and whether the GPU's tree equals the CPU's (deaths and edges).  Before those, the fused kernel
+and whether the GPU's tree equals the CPU's (deaths and edges).  Then the paper's loss as training
+runs it (check=False, no host synchronisation) on each engine, with the kernels and copies it puts
+on the GPU (the profiler's count, against the tests' CPU-side operation counts).  Then the fused kernel
 against Borůvka and the host path for batches of 16 clouds of 50 to 1,000 points (where "auto"
 should choose which), and Borůvka's two schedules side by side (fixed rounds, neighbour lists, lists reading l2 rows from cdist instead of
 the matmul expansion) for n = 500 to 5,000, to place boruvka.LIST_MIN_POINTS.  Then the
@@ -39,7 +41,7 @@ import numpy as np
 import torch
 
 from bench_training import loss_time, step_time
-from corel import h0_persistence
+from corel import ConnectivityLoss, h0_persistence
 from corel.topology import boruvka
 from timing import timed
 
@@ -101,6 +103,40 @@ def _oom_safe(fn, *args):
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         return "out of memory"
+
+
+def _gpu_activities(backend: str, codes: int, branches: int, dims: int) -> int:
+    """Kernels and copies one unchecked forward + backward of the loss puts on the GPU (the
+    profiler's count): what the CPU-side proxy (tests' operation counts) stands for."""
+    from torch.profiler import ProfilerActivity, profile
+
+    loss = ConnectivityLoss(eta=2.0, branches=branches, backend=backend, check=False)
+    z = torch.randn(codes, branches * dims, device="cuda", requires_grad=True)
+    loss(z).backward()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        loss(z).backward()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
+def unchecked_loss_cases(results: list) -> None:
+    """The paper's loss as training runs it (check=False: no host synchronisation) on each engine,
+    eager, with the GPU activities it launches."""
+    b, n, d = LOSS_CASES[0]
+    row: dict = {"case": f"loss {b}x{n}x{d} unchecked"}
+    for backend in ("auto", "native", "triton"):
+        row[f"{backend}_ms"] = _attempt(lambda: loss_time(200, "cuda", backend=backend, codes=n, branches=b, dims=d,
+                                                          check=False))
+        row[f"{backend}_gpu_activities"] = _attempt(lambda: _gpu_activities(backend, n, b, d))
+    def said(backend: str) -> str:
+        seconds, count = row[f"{backend}_ms"], row[f"{backend}_gpu_activities"]
+        return (f"{backend} {_cell(seconds)}" + (" ms" if isinstance(seconds, float) else "")
+                + (f" / {count} GPU activities" if isinstance(count, int) else ""))
+
+    print(f"{row['case']} (as training runs it), eager: " + ", ".join(map(said, ("auto", "native", "triton"))),
+          flush=True)
+    results.append(row)
 
 
 def loss_cases(pershom, cuda: bool, results: list) -> None:
@@ -339,6 +375,7 @@ def main() -> None:
     results = _Results(args.out, device)
     loss_cases(pershom, cuda, results)
     if cuda:
+        unchecked_loss_cases(results)
         fused_cases(results)
     schedule_cases(cuda, results)
     cloud_cases(pershom, cuda, args.budget - (60 if cuda else 0), start, results)

@@ -39,11 +39,12 @@ def step_time(lam: float, channels_last: bool, steps: int, device: str = "cpu", 
 
 
 def loss_time(steps: int, device: str = "cpu", backend: str = "auto", codes: int = 100, branches: int = 16,
-              dims: int = 10, compile_mode: str | None = None) -> float:
+              dims: int = 10, compile_mode: str | None = None, check: bool = True) -> float:
     """Seconds for the connectivity loss (forward + backward) of ``branches`` x ``codes`` codes x
-    ``dims`` dims; with ``compile_mode``, through torch.compile in that mode (compiled in the warmup)."""
+    ``dims`` dims; with ``compile_mode``, through torch.compile in that mode (compiled in the
+    warmup); ``check=False`` as training runs it (no host synchronisation)."""
     z = torch.randn(codes, branches * dims, device=device, requires_grad=True)
-    loss_fn = ConnectivityLoss(eta=2.0, branches=branches, backend=backend)
+    loss_fn = ConnectivityLoss(eta=2.0, branches=branches, backend=backend, check=check)
     if compile_mode is not None:
         loss_fn = torch.compile(loss_fn, mode=compile_mode, fullgraph=True)
     return timed(lambda: loss_fn(z).backward(), steps, warmup=3, cuda=device != "cpu")[0]
