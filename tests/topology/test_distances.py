@@ -137,3 +137,14 @@ def test_lengths_under_large_p_do_not_underflow():
     """Each length is taken relative to its largest term: 0.3**100 underflows float32, the length does not."""
     x = torch.tensor([[0.0, 0.0], [0.3, 0.0], [1.0, 0.0]])
     assert edge_lengths(x, torch.tensor([[0, 1], [0, 2]]), 100.0).tolist() == pytest.approx([0.3, 1.0], rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf, 3.0, 1.5])
+def test_edge_lengths_are_the_death_times(rng, dtype, p):
+    """At a tree's edges, edge_lengths gives its death times bit for bit: measured in the same dtype."""
+    from corel import h0_persistence
+
+    x = torch.from_numpy(rng.normal(size=(4, 30, 5))).to(dtype)
+    h = h0_persistence(x, p)
+    assert torch.equal(edge_lengths(x, h.edges, p), h.deaths)

@@ -33,6 +33,7 @@ from corel.topology.distances import (
     check_finite,
     check_points,
     lengths_of,
+    measured_in,
     metric_order,
     power_of_two_scale,
 )
@@ -80,16 +81,6 @@ def _tree(data: Tensor, p: float | None, engine: str) -> Tensor:
 
         return fused_tree(data, p)
     return minimum_spanning_tree(data, p)
-
-
-def _work(x: Tensor, p: float | None = None) -> Tensor:
-    """The dtype ``x`` is handled in (differentiably): float64 stays float64, every other floating
-    dtype goes to float32, and under l_p for p other than 1, 2 and inf to float64: there the
-    engines sum p-th powers, and in float32 those of coordinate differences below max|x| *
-    2**(-126/p) underflow (p = 10: 1.6e-4 of the cloud's extent; in float64 2**(-1022/p))."""
-    if x.dtype == torch.float64:
-        return x
-    return x.double() if p is not None and p not in (1.0, 2.0, math.inf) else x.float()
 
 
 def _ordered(deaths: Tensor, edges: Tensor, n: int) -> tuple[Tensor, Tensor]:
@@ -153,7 +144,7 @@ def h0_persistence(points: Tensor, metric: Metric = "l1", *, backend: str = "aut
         return _empty(points)
     # contiguous: the loss passes its branches as a strided view, where the reductions below ran
     # 10x slower on CPU (amax 48 vs 4.6 us at 16 x 100 x 10); a no-op for contiguous points
-    work = _work(points.reshape(-1, n, d), p).contiguous()
+    work = measured_in(points.reshape(-1, n, d), p).contiguous()
     scale, top = power_of_two_scale(work)
     if checked:
         largest = float(top.max())  # the one host synchronisation: validity and overflow in one number
@@ -190,7 +181,7 @@ def h0_persistence_from_distances(dist: Tensor, *, backend: str = "auto") -> H0:
     flat = dist.reshape(-1, n, n)
     with torch.no_grad():
         # + 0.0 turns -0.0 into 0.0: the engines order lengths by their bits, where -0.0 would come first
-        edges = _tree(_work(flat.detach()) + 0.0, None, engine)
+        edges = _tree(measured_in(flat.detach()) + 0.0, None, engine)
     deaths = flat[torch.arange(flat.shape[0], device=dist.device)[:, None], edges[..., 0], edges[..., 1]]
     deaths, edges = _ordered(deaths, edges, n)
     return H0(deaths.reshape(*batch, n - 1), edges.reshape(*batch, n - 1, 2))
