@@ -148,3 +148,13 @@ def test_edge_lengths_are_the_death_times(rng, dtype, p):
     x = torch.from_numpy(rng.normal(size=(4, 30, 5))).to(dtype)
     h = h0_persistence(x, p)
     assert torch.equal(edge_lengths(x, h.edges, p), h.deaths)
+
+
+@pytest.mark.parametrize("p", [1.2, 1.5, 3.0])
+def test_second_derivatives_at_duplicate_points_are_finite(p):
+    """At a zero-length edge the closed form's unused branch is pow(0, p - 1), whose derivative is
+    infinite for p < 2: masked, a double backward stays finite."""
+    x = torch.tensor([[0.3, 0.7], [0.3, 0.7], [1.1, -0.4]], dtype=torch.float64, requires_grad=True)
+    (gradient,) = torch.autograd.grad(edge_lengths(x, torch.tensor([[0, 1], [1, 2]]), p).sum(), x, create_graph=True)
+    (second,) = torch.autograd.grad(gradient.sum(), x)
+    assert torch.isfinite(second).all()

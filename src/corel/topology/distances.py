@@ -248,8 +248,10 @@ def _length_gradient(diff: Tensor, lengths: Tensor | None, p: float) -> Tensor:
     safe = torch.where(positive, lengths[..., None], 1.0)
     if p == 2.0:
         return torch.where(positive, diff / safe, 0.0)
-    # sign * (|diff| / length)^(p-1): finite for every p >= 1 (|diff|^(p-2) is inf at 0 for p < 2)
-    return torch.where(positive, diff.sign() * (diff.abs() / safe).pow(p - 1), 0.0)
+    # sign * (|diff| / length)^(p-1): finite for every p >= 1 (|diff|^(p-2) is inf at 0 for p < 2);
+    # the base masked too, so a double backward at length 0 meets no inf * 0
+    base = torch.where(positive, diff.abs() / safe, 0.0)
+    return torch.where(positive, diff.sign() * base.pow(p - 1), 0.0)
 
 
 def _edge_gradient(scaled: Tensor, edges: Tensor, lengths: Tensor | None, p: float, grad: Tensor) -> Tensor:
