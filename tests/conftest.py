@@ -75,6 +75,15 @@ def kruskal(dist: np.ndarray) -> list[tuple[int, int]]:
     return [(i, j) for _, i, j in sorted((dist[i, j], i, j) for i in range(n) for j in range(i + 1, n)) if join(i, j)]
 
 
+def lp_distances(x: np.ndarray, p: float) -> np.ndarray:
+    """Oracle: the l_p distance matrix of ``x`` (n, d) in numpy float64, each pair's differences
+    divided by their largest first (scipy sums raw p-th powers, which overflow from p = 1024 on
+    and underflow for short edges)."""
+    v = np.abs(x[:, None, :] - x[None, :, :])
+    top = v.max(axis=-1, keepdims=True)
+    return np.sum((v / np.where(top > 0, top, 1.0)) ** p, axis=-1) ** (1 / p) * top[..., 0]
+
+
 def canonical_tree(x: np.ndarray, scipy_metric: dict) -> list[tuple[int, int]]:
     """Oracle: Kruskal over scipy's distances."""
     return kruskal(cdist(x, x, **scipy_metric))

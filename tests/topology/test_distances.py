@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import lp_distances
 from corel.topology.distances import edge_lengths, lp_norm, pairwise_distances
 
 
@@ -84,13 +85,37 @@ def test_edge_lengths_name_bad_edges():
 
 
 @pytest.mark.parametrize("exponent", [70, -90])
-@pytest.mark.parametrize("metric", ["l1", "l2", 3.0])
+@pytest.mark.parametrize("metric", ["l1", "l2", 3.0, 1.5, 600.0])
 def test_pairwise_distances_scale_exactly(rng, exponent, metric):
     """Squares of 1e21 overflow float32 and those of 1e-27 underflow: torch.cdist gives inf or 0
     there; the distances of 2**k x are those of x times 2**k."""
     x = torch.from_numpy(rng.normal(size=(2, 30, 5))).float()
     k = torch.tensor(exponent)
     assert torch.equal(pairwise_distances(torch.ldexp(x, k), metric), torch.ldexp(pairwise_distances(x, metric), k))
+
+
+@pytest.mark.parametrize("p", [1.5, 3.0, 30.0, 600.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pairwise_distances_under_another_p_are_exact(rng, p, dtype, monkeypatch):
+    """Against the oracle on clusters 1e-3 wide with duplicates, batched and in row tiles: torch.cdist
+    sums raw p-th powers, which gave 0 for the clusters' edges at p = 30 in float32 and inf beyond
+    p = 512.  Gradients stay finite at the duplicates and match finite differences elsewhere."""
+    from corel.topology import distances
+
+    cloud = rng.normal(size=(2, 24, 4)) * 1e-3 + np.where(np.arange(24) % 2, 1.0, 0.0)[:, None]
+    cloud[:, 1] = cloud[:, 3]  # a duplicate
+    x = torch.from_numpy(cloud).to(dtype)
+    monkeypatch.setattr(distances, "PAIRWISE_TILE_ELEMENTS", 5 * x.numel())  # 5 rows a tile
+    got = pairwise_distances(x, p)
+    for k in range(2):
+        np.testing.assert_allclose(got[k].double().numpy(), lp_distances(x[k].double().numpy(), p),
+                                   rtol=1e-6 if dtype == torch.float32 else 1e-13, atol=0)
+    leaf = x.double().requires_grad_()
+    pairwise_distances(leaf, p).sum().backward()
+    assert torch.isfinite(leaf.grad).all()
+    if p < 100:  # finite differences of 1e-6 resolve nothing at larger p
+        distinct = torch.from_numpy(rng.normal(size=(6, 3))).requires_grad_()
+        assert torch.autograd.gradcheck(lambda v: pairwise_distances(v, p), (distinct,))
 
 
 @pytest.mark.parametrize("p", [1.0, 2.0, math.inf, 3.0, 1.5])
@@ -115,6 +140,9 @@ def test_edge_length_gradients_are_torchs(rng, p):
     batch = torch.from_numpy(rng.normal(size=(4, 12, 3)))
     assert torch.equal(torch.func.vmap(lambda v: edge_lengths(v, edges, p))(batch),
                        edge_lengths(batch, edges.expand(4, -1, -1), p))
+    edge_sets = torch.from_numpy(rng.integers(0, 12, size=(3, 20, 2)))  # vmap over the edges too
+    assert torch.equal(torch.func.vmap(lambda e: edge_lengths(x.detach(), e, p))(edge_sets),
+                       edge_lengths(x.detach().expand(3, -1, -1), edge_sets, p))
     (again,) = torch.autograd.grad((edge_lengths(x, edges, p) * weights).sum(), x, create_graph=True)
     assert torch.equal(again.detach(), got)
 

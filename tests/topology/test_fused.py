@@ -21,7 +21,7 @@ import triton  # noqa: E402
 
 from corel import ConnectivityLoss, h0_persistence, h0_persistence_from_distances  # noqa: E402
 from corel.topology import boruvka, fused, h0  # noqa: E402
-from corel.topology.distances import fixed_order_pairwise  # noqa: E402
+from corel.topology.distances import compared_pairwise, fixed_order_pairwise  # noqa: E402
 
 # the kernels' own entry points take tensors where they run: the GPU, or the CPU in the interpreter
 KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -68,7 +68,7 @@ def test_prim_values_are_the_compared_ones_and_the_tree_comes_sorted(rng, dtype,
     # clustered, coordinates over 12 orders of magnitude, d not a multiple of 8: the order of additions matters
     x = torch.from_numpy(cloud * 10.0 ** rng.integers(-6, 6, size=21)).to(dtype)
     p = None if metric == "matrix" else {"l1": 1.0, "l2": 2.0, "linf": math.inf}[metric]
-    compared = boruvka._selection_values(x, x, 2.0 if p is None else p)
+    compared = compared_pairwise(x, x, 2.0 if p is None else p)
     data = compared if p is None else x  # a matrix: the squared l2 sums (not a metric; every value distinct)
     values, eids = fused.prim(data.to(KERNEL_DEVICE).contiguous(), p)
     n = x.shape[1]

@@ -10,7 +10,7 @@ from scipy.sparse.csgraph import minimum_spanning_tree
 from scipy.spatial.distance import cdist
 
 import corel.pershom as pershom
-from conftest import ENGINES, METRICS, canonical_tree, joiner, kruskal
+from conftest import ENGINES, METRICS, canonical_tree, joiner, kruskal, lp_distances
 from corel import ConnectivityLoss, h0_persistence, h0_persistence_from_distances, rips_persistence
 
 
@@ -285,19 +285,22 @@ def test_huge_and_tiny_coordinates(rng, backend, dtype, scale, metric, scipy_met
 
 
 @pytest.mark.parametrize("backend", ENGINES)
-@pytest.mark.parametrize("p", [10.0, 30.0])
-def test_large_p_in_float32_does_not_underflow(rng, backend, p):
-    """p-th powers of small differences underflow float32 early (p = 10: below 1.6e-4 of the
-    cloud's extent), which made short edges measure 0: such clouds are measured in float64 and
-    each length relative to its largest term."""
-    x = rng.normal(size=(60, 5)) * 1e-3 + np.where(np.arange(60) % 2, 1.0, 0.0)[:, None]  # clusters 1e-3 wide
-    stored = torch.from_numpy(x).float()
-    single, double = (h0_persistence(c, p, backend=backend) for c in (stored, stored.double()))
-    assert single.deaths.dtype == torch.float32 and torch.equal(single.edges, double.edges)
-    assert torch.equal(single.deaths, double.deaths.float())
-    assert (single.deaths > 0).all()
-    tiny = h0_persistence(torch.tensor([[0.0, 0.0], [0.01, 0.005], [1.0, 0.0]]), 30.0, backend=backend)
-    assert tiny.deaths[0].item() == pytest.approx(0.01, rel=1e-6)
+@pytest.mark.parametrize("p", [10.0, 30.0, 600.0, 5000.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_large_p_neither_underflows_nor_overflows(rng, backend, p, dtype):
+    """Sums of raw p-th powers lost short edges to underflow (p = 10 in float32: below 1.6e-4 of
+    the cloud's extent; p = 30, points (0,0), (0.01,0.005), (1,0) gave deaths [0, 0.99]) and chose
+    wrong trees once 4**p overflowed float64 (p > 512: deaths 140% off).  Every engine compares
+    lengths taken relative to each pair's largest difference, at any p."""
+    clustered = rng.normal(size=(60, 5)) * 1e-3 + np.where(np.arange(60) % 2, 1.0, 0.0)[:, None]  # 1e-3 wide
+    for cloud in (clustered, [[0.0, 0.0], [0.01, 0.005], [1.0, 0.0]]):
+        stored = torch.as_tensor(cloud, dtype=dtype)
+        res = h0_persistence(stored, p, backend=backend)
+        dist = lp_distances(stored.double().numpy(), p)
+        tree = kruskal(dist)
+        assert [tuple(e) for e in res.edges.tolist()] == tree
+        np.testing.assert_allclose(res.deaths.double().numpy(), [dist[e] for e in tree],
+                                   rtol=1e-6 if dtype == torch.float32 else 1e-13)
 
 
 @pytest.mark.parametrize("backend", ENGINES)

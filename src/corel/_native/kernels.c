@@ -185,8 +185,8 @@ static PyObject *count_within(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    /* the threshold in block_dist's units: squared for l2, p-th power for lp */
-    const double thr = metric == METRIC_L2 ? radius * radius : metric == METRIC_P ? pow(radius, p) : radius;
+    /* the threshold in block_dist's units: squared for l2 */
+    const double thr = metric == METRIC_L2 ? radius * radius : radius;
     Py_BEGIN_ALLOW_THREADS
     if (is_double) {
         tile_codes_f64(cbuf.buf, K, n, d, cap, tiles);

@@ -12,8 +12,8 @@ typedef I NAME(ivec) __attribute__((vector_size(VEC_BYTES)));
 #define WIDTH ((int64_t)(VEC_BYTES / sizeof(T)))
 #define LANES (NACC * WIDTH)
 
-/* out[k - lo] = distance-like value from xu to the points lo <= k < hi: squared for l2, p-th power
- * for lp, which are monotone in the distance, all that Prim compares.  Accumulates LANES points at
+/* out[k - lo] = distance-like value from xu to the points lo <= k < hi: squared for l2 (monotone in
+ * the distance, all that Prim compares), the distance for the others.  Accumulates LANES points at
  * once in vector registers; the last tile is padded and out holds BLOCK values, so the last sweep
  * may read and write past hi. */
 #define SWEEP(UPDATE)                                                                           \
@@ -72,10 +72,19 @@ static void NAME(block_dist)(const T *xu, const T *cols, int64_t lo, int64_t hi,
         SWEEP(NAME(ivec) more = t > acc[a]; acc[a] = (NAME(vec))(((NAME(ivec))t & more) | ((NAME(ivec))acc[a] & ~more)))
         break;
     default:
+        /* the length itself, its differences taken relative to their largest: p-th powers of terms
+         * <= 1 never overflow, and those that underflow are below the sum's rounding, at any p and
+         * scale (sums of raw p-th powers chose wrong trees beyond p = 512 in double, and lost short
+         * edges to underflow from p = 10 in float) */
         for (int64_t k = lo; k < hi; ++k) {
-            T s = 0;
-            for (int64_t i = 0; i < d; ++i) s += POW(FABS(xu[i] - cols[TILE(k, i, d)]), p);
-            out[k - lo] = s;
+            T top = 0, s = 0;
+            for (int64_t i = 0; i < d; ++i) {
+                const T t = FABS(xu[i] - cols[TILE(k, i, d)]);
+                top = t > top ? t : top;
+            }
+            if (top > 0)
+                for (int64_t i = 0; i < d; ++i) s += POW(FABS(xu[i] - cols[TILE(k, i, d)]) / top, p);
+            out[k - lo] = top > 0 ? top * POW(s, 1 / p) : 0;
         }
     }
 }
@@ -185,7 +194,7 @@ static void NAME(prim)(const T *x, int64_t n, int64_t d, int metric, T p, int64_
 
 /* counts[q] = number of (branch k, code j) with dist(queries[q, k], codes[k, j]) <= thr, where
  * queries is (M, K, d), tiles holds each branch's n codes in the tiled layout (K blocks of cap * d)
- * and thr is the radius in block_dist's units (squared for l2, p-th power for lp). */
+ * and thr is the radius in block_dist's units (squared for l2). */
 static void NAME(count_within)(const T *queries, const T *tiles, int64_t M, int64_t K, int64_t n, int64_t d,
                                int64_t cap, int metric, T p, T thr, int64_t *counts) {
 #pragma omp parallel for schedule(static) if (M * K * n * d >= PARALLEL_WORK)

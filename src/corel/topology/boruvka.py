@@ -4,9 +4,9 @@ Every round, each component takes its lightest edge to another component and the
 joined by those edges merge (pointer jumping).  Every component merges with at least one other,
 so c components become at most floor(c / 2): floor(log2 n) rounds always suffice.  Edges are
 ordered by (value, smaller index, larger index), a strict total order, and the values are the
-ones every engine compares (:func:`_selection_values`: for l1 and l2 sums in corel's fixed order,
-squared for l2, as the compiled Prim of ``corel._native`` computes them): the tree is unique and
-the same bit for bit in every engine on every device.
+ones every engine compares (:func:`~corel.topology.distances.compared_pairwise`: for l1 and l2
+sums in corel's fixed order, squared for l2, as the compiled Prim of ``corel._native`` computes
+them): the tree is unique and the same bit for bit in every engine on every device.
 
 Two schedules share that round:
 
@@ -38,7 +38,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
-from corel.topology.distances import fixed_order_pairwise
+from corel.topology.distances import compared_pairwise
 
 # Off the GPU, one (B, n, n) distance matrix up to this many entries; then row tiles of at most
 # TILE_ELEMENTS entries.
@@ -176,18 +176,8 @@ def _padded(d: int) -> int:
     return -(-d // 8) * 8
 
 
-def _selection_values(a: Tensor, b: Tensor, p: float) -> Tensor:
-    """What the engines compare for points ``a`` (..., m, d) against ``b`` (..., n, d) -> (..., m, n):
-    for l1 and l2 the sums in corel's fixed order (squared for l2), those of the native kernel and
-    of the death times, so every engine picks the same tree bit for bit; torch's l_p otherwise
-    (linf is a maximum, exact in any order).  Memory (..., m, n, d) for l1 and l2."""
-    if p in FIXED_ORDER:
-        return fixed_order_pairwise(a, b, p)
-    return torch.cdist(a, b, p=p, compute_mode=_EXACT)
-
-
 def _selection_rows(a: Tensor, b: Tensor, p: float, pairwise: Pairwise | None) -> Tensor:
-    """:func:`_selection_values` of ``a`` (B, m, d) against ``b`` (B, n, d), by the ``pairwise``
+    """:func:`compared_pairwise` of ``a`` (B, m, d) against ``b`` (B, n, d), by the ``pairwise``
     kernel where one is given, else in pieces of ``a``'s rows so that the fixed-order differences
     stay within TILE_ELEMENTS entries."""
     if pairwise is not None and p in FIXED_ORDER:
@@ -195,8 +185,8 @@ def _selection_rows(a: Tensor, b: Tensor, p: float, pairwise: Pairwise | None) -
     (batch, m, d), n = a.shape, b.shape[1]
     rows = max(1, TILE_ELEMENTS // (batch * n * _padded(d)))
     if rows >= m:
-        return _selection_values(a, b, p)
-    return torch.cat([_selection_values(a[:, r: r + rows], b, p) for r in range(0, m, rows)], dim=1)
+        return compared_pairwise(a, b, p)
+    return torch.cat([compared_pairwise(a[:, r: r + rows], b, p) for r in range(0, m, rows)], dim=1)
 
 
 def _merge(comp: Tensor, lightest, keys_of, idx: Tensor, r: int, last: bool):
@@ -303,7 +293,7 @@ def _input_rounding(x: Tensor) -> float:
 class _Rows:
     """The rows of the neighbour-list schedule: scans of vertices against whole clouds.
 
-    For l1 and l2 the engines compare the fixed-order values (:func:`_selection_values`); a scan
+    For l1 and l2 the engines compare the fixed-order values (:func:`compared_pairwise`); a scan
     reads cheaper approximations of them (``torch.cdist``, or for l2 from SCREEN_MIN_DIM on the
     matmul expansion of squared lengths), computes the fixed-order values of the listed
     neighbours only, and bounds every unlisted value from below by the approximation's proven
@@ -345,7 +335,11 @@ class _Rows:
         if self.screen:
             c, s = self.centred[cloud], self.norms[cloud]
             return torch.matmul(c[..., rows, :], c.mT).mul_(-2).add_(s[..., rows, None]).add_(s[..., None, :])
-        values = torch.cdist(self.data[cloud][..., rows, :], self.data[cloud], p=self.p, compute_mode=_EXACT)
+        a, b = self.data[cloud][..., rows, :], self.data[cloud]
+        if self.p not in FIXED_ORDER and self.p != math.inf:  # another p: the compared lengths, in row tiles
+            return _selection_rows(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]), self.p,
+                                   None).view(*a.shape[:-1], -1)
+        values = torch.cdist(a, b, p=self.p, compute_mode=_EXACT)
         return values.square_() if self.p == 2.0 else values
 
     def _chunks(self, flat: Tensor, by_cloud: bool) -> Iterator[tuple[int, Tensor]]:
@@ -377,7 +371,7 @@ class _Rows:
                 continue
             points = self.data.view(-1, self.data.shape[2])
             ends = points[listed + (rows // n * n)[:, None]]
-            lengths = _selection_values(points[rows, None, :], ends, self.p)[:, 0]
+            lengths = compared_pairwise(points[rows, None, :], ends, self.p)[:, 0]
             lengths = lengths.masked_fill_(near == math.inf, math.inf)
             floor = near[:, -1] - self.slack.view(-1)[rows] if self.screen else near[:, -1]
             beyond = floor.clamp_(min=0).mul_(self.shrink)

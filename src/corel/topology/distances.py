@@ -12,6 +12,9 @@ from torch import Tensor
 
 Metric = Union[str, float, int]
 
+# Differences held at once by pairwise_distances under another p (row tiles of (rows, n, d)).
+PAIRWISE_TILE_ELEMENTS = 1 << 24
+
 _NAMED = {"l1": 1.0, "manhattan": 1.0, "cityblock": 1.0, "l2": 2.0, "euclidean": 2.0,
           "linf": math.inf, "chebyshev": math.inf}
 
@@ -96,18 +99,22 @@ def pairwise_distances(x: Tensor, metric: Metric = "l1") -> Tensor:
     l2 never uses the matmul expansion ``|x|^2 + |y|^2 - 2xy``: in float32 it errs by up to ~3e-3
     between identical points, which breaks exact ties and duplicates.  Summed by ``torch.cdist``
     (memory O(n^2)), so an entry can differ in the last bit from the death time of the same edge,
-    which follows :func:`fixed_order_sum` (:func:`edge_lengths`).  For l2 and other p, clouds
-    whose squares (p-th powers) could leave the dtype are divided by a power of two (exact) and
-    the distances multiplied back: points at 1e21 in float32 get finite distances, at 1e-27 not
-    0.  Only those: through the scaling, autograd multiplies the incoming gradient by the scale,
-    which near the dtype's limit can overflow.
+    which follows :func:`fixed_order_sum` (:func:`edge_lengths`).  l2 clouds whose squares could
+    leave the dtype are divided by a power of two (exact) and the distances multiplied back:
+    points at 1e21 in float32 get finite distances, at 1e-27 not 0.  Only those: through the
+    scaling, autograd multiplies the incoming gradient by the scale, which near the dtype's limit
+    can overflow.  Another p comes from :func:`lp_pairwise` (exact at any p and scale) in row
+    tiles: memory O(n^2 d) under autograd, O(n^2) plus one tile without.
     """
     p = metric_order(metric)
     if p in (1.0, math.inf) or x.ndim < 2 or x.numel() == 0:  # no powers: nothing to leave the dtype
         return torch.cdist(x, x, p=p, compute_mode="donot_use_mm_for_euclid_dist")
+    if p != 2.0:
+        rows = max(1, PAIRWISE_TILE_ELEMENTS // x.numel())  # a tile holds rows * numel differences
+        return torch.cat([lp_pairwise(x[..., r: r + rows, :], x, p) for r in range(0, x.shape[-2], rows)], dim=-2)
     scale, top = power_of_two_scale(x.reshape(-1, *x.shape[-2:]))
     info = torch.finfo(x.dtype)
-    inside = (top >= info.tiny ** (1 / (2 * p))) & (top <= info.max ** (1 / (2 * p)))
+    inside = (top >= info.tiny ** 0.25) & (top <= info.max ** 0.25)
     scale = torch.where(inside[:, None, None], 1.0, scale).view(*x.shape[:-2], 1, 1)
     scaled = x / scale
     return torch.cdist(scaled, scaled, p=p, compute_mode="donot_use_mm_for_euclid_dist") * scale
@@ -139,18 +146,39 @@ def fixed_order_pairwise(a: Tensor, b: Tensor, p: float) -> Tensor:
     return fixed_order_sum(diff.abs() if p == 1.0 else diff * diff)  # x * x == |x| * |x| exactly
 
 
+def lp_pairwise(a: Tensor, b: Tensor, p: float) -> Tensor:
+    """The l_p distances (p other than 1, 2 and inf) between the rows of ``a`` (..., m, d) and ``b``
+    (..., n, d) -> (..., m, n), each relative to its largest difference (:func:`lp_norm`): exact at
+    any p and scale, where ``torch.cdist`` sums raw p-th powers (which overflow beyond p = 512 on
+    a cloud of extent 4 and underflow for short edges).  Memory (..., m, n, d): callers bound m."""
+    return lp_norm(a[..., :, None, :] - b[..., None, :, :], p)
+
+
+def compared_pairwise(a: Tensor, b: Tensor, p: float) -> Tensor:
+    """What every engine compares between points ``a`` (..., m, d) and ``b`` (..., n, d) -> (..., m, n)
+    (Prim, Borůvka, the ball counts): for l1 and l2 the sums in corel's fixed order (squared for
+    l2), those of the native kernel and of the death times, so every engine on every device picks
+    the same tree bit for bit; for linf the maximum (exact in any order); for another p the
+    lengths of :func:`lp_pairwise`.  Memory (..., m, n, d) except for linf: callers bound m."""
+    if p in (1.0, 2.0):
+        return fixed_order_pairwise(a, b, p)
+    if p == math.inf:
+        return torch.cdist(a, b, p=p, compute_mode="donot_use_mm_for_euclid_dist")
+    return lp_pairwise(a, b, p)
+
+
 def lp_norm(v: Tensor, p: float) -> Tensor:
     """l_p norm over the last dimension.  l1 and l2 are rounded alike on CPU and GPU (exactly
     rounded operations in one fixed order), linf is a maximum (exact anyway); other p use torch's
-    norm of each row divided by its largest term (pow is not exactly rounded).  At v = 0 the
-    gradient is 0, not NaN."""
+    norm of each row divided by its largest term (pow is not exactly rounded, so other p agree
+    between engines and devices to rounding, not bit for bit).  At v = 0 the gradient is 0, not NaN."""
     if p == math.inf:
         return v.abs().amax(dim=-1)
     if p == 1.0:
         return fixed_order_sum(v.abs())
     if p != 2.0:
-        # each row divided by its largest |v| first, so p-th powers of its small terms neither
-        # underflow nor those of its large ones overflow, whatever the cloud's scale
+        # each row divided by its largest |v| first: p-th powers of terms <= 1 never overflow, and
+        # those that underflow are below the sum's rounding, at any p and scale (as the native kernel)
         top = v.abs().amax(dim=-1, keepdim=True)
         safe = torch.where(top > 0, top, 1.0)
         return torch.linalg.vector_norm(v / safe, ord=p, dim=-1) * safe[..., 0]
@@ -172,7 +200,10 @@ def edge_lengths(x: Tensor, edges: Tensor, metric: Metric = "l1") -> Tensor:
     in the units of ``metric`` and summed in the fixed order the death times use.
 
     ``edges`` holds integer vertex indices in [0, n) and has ``x``'s leading dimensions; gradients
-    flow to the two end points of every edge through the distance itself.  Huge or tiny
+    flow to the two end points of every edge through the distance itself.  The check of the
+    indices' range reads a value on the host, so inside ``torch.compile`` and on edges batched by
+    ``torch.func.vmap`` it is left out (an index out of range is then the gather's error on CPU, a
+    device assert on a GPU).  Huge or tiny
     coordinates neither overflow nor underflow (:func:`lengths_of`).
     """
     p = metric_order(metric)
@@ -184,23 +215,20 @@ def edge_lengths(x: Tensor, edges: Tensor, metric: Metric = "l1") -> Tensor:
         raise ValueError(f"edges must have shape (..., k, 2) with the points' leading dimensions "
                          f"{tuple(x.shape[:-2])}, got {tuple(edges.shape)}")
     n, d = x.shape[-2:]
-    if edges.numel() and not torch.compiler.is_compiling():  # a data-dependent branch: not inside a graph
+    # a data-dependent branch: not inside a graph, nor on edges a torch.func transform wraps
+    if edges.numel() and not (torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(edges)):
         low, high = torch.aminmax(edges)
         if low < 0 or high >= n:
             raise ValueError(f"edges index vertices {int(low)}..{int(high)}, outside 0..{n - 1}")
-    points = measured_in(x.reshape(-1, n, d), p)  # as the death times are; returned in x's dtype
+    points = measured_in(x.reshape(-1, n, d))  # as the death times are; returned in x's dtype
     lengths = lengths_of(points, edges.reshape(len(points), *edges.shape[-2:]).to(torch.long), p)
     return lengths.to(x.dtype).reshape(edges.shape[:-1])
 
 
-def measured_in(x: Tensor, p: float | None = None) -> Tensor:
+def measured_in(x: Tensor) -> Tensor:
     """``x`` in the dtype lengths are measured in (differentiably): float64 stays float64, every
-    other floating dtype goes to float32, and under l_p for p other than 1, 2 and inf to float64:
-    there the engines sum p-th powers, and in float32 those of coordinate differences below
-    max|x| * 2**(-126/p) underflow (p = 10: 1.6e-4 of the cloud's extent; in float64 2**(-1022/p))."""
-    if x.dtype == torch.float64:
-        return x
-    return x.double() if p is not None and p not in (1.0, 2.0, math.inf) else x.float()
+    other floating dtype goes to float32."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def power_of_two_scale(x: Tensor) -> tuple[Tensor, Tensor]:

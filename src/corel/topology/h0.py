@@ -86,8 +86,8 @@ def _tree(data: Tensor, p: float | None, engine: str) -> Tensor:
 def _ordered(deaths: Tensor, edges: Tensor, n: int) -> tuple[Tensor, Tensor]:
     """Sorts (B, k) deaths and (B, k, 2) edges by (death, i, j), in one sort of packed keys where
     they fit (:func:`~corel.topology.boruvka.edge_keys`).  The engines order by the values they
-    compare: squared sums for l2 (distinct ones can share a root), torch's for another p, and a
-    cast to float16 or bfloat16 can tie distinct deaths."""
+    compare: squared sums for l2 (distinct ones can share a root), lengths in another rounding
+    for another p, and a cast to float16 or bfloat16 can tie distinct deaths."""
     eid = edges[..., 0] * n + edges[..., 1]
     values = deaths.detach()
     if values.dtype not in (torch.float32, torch.float64):
@@ -144,7 +144,7 @@ def h0_persistence(points: Tensor, metric: Metric = "l1", *, backend: str = "aut
         return _empty(points)
     # contiguous: the loss passes its branches as a strided view, where the reductions below ran
     # 10x slower on CPU (amax 48 vs 4.6 us at 16 x 100 x 10); a no-op for contiguous points
-    work = measured_in(points.reshape(-1, n, d), p).contiguous()
+    work = measured_in(points.reshape(-1, n, d)).contiguous()
     scale, top = power_of_two_scale(work)
     if checked:
         largest = float(top.max())  # the one host synchronisation: validity and overflow in one number
