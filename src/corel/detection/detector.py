@@ -19,7 +19,14 @@ from corel._io import load_checked, save_checked
 from corel._native._kernels import count_within as native_count_within
 from corel.detection.backbone import Backbone, resolve_backbone
 from corel.detection.base import BaseDetector
-from corel.topology.distances import Metric, check_scale, metric_name, metric_order
+from corel.topology.distances import (
+    Metric,
+    check_scale,
+    compared_pairwise,
+    measured_in,
+    metric_name,
+    metric_order,
+)
 
 FORMAT = "corel-one-class-detector"
 VERSION = 2
@@ -29,20 +36,34 @@ def count_within(queries: Tensor, codes: Tensor, radius: float, metric: Metric =
     """Per query, the number of codes within ``radius`` (boundary included), summed over branches.
 
     queries: (M, K, d), codes: (n, K, d), same dtype -> (M,) int64.  Distances are exact (no matmul
-    expansion).  On CPU a native kernel streams the codes without building the M x n matrix; on
-    other devices the distances are computed in chunks of ``chunk_size`` queries, so memory stays
-    O(chunk_size * n * K) either way.
+    expansion) and compared as the H0 engines compare them (l1 and squared l2 summed in corel's
+    fixed order, :func:`~corel.topology.distances.compared_pairwise`), so a code exactly at the
+    radius counts alike on every device.  On CPU a native kernel streams the codes without
+    building the M x n matrix; on other devices at most ``chunk_size`` queries at a time, fewer
+    where their differences to the codes would exceed TILE_ELEMENTS entries.
     """
     p = metric_order(metric)
     if queries.device.type == "cpu":
         return native_count_within(queries, codes.transpose(0, 1), radius, p)
+    return count_in_tiles(queries, codes, radius, p, chunk_size)
+
+
+# Differences (queries x codes x d) held at once by count_in_tiles.
+TILE_ELEMENTS = 1 << 26
+
+
+def count_in_tiles(queries: Tensor, codes: Tensor, radius: float, p: float, chunk_size: int = 2048) -> Tensor:
+    """:func:`count_within` in torch operations on any device, in tiles of queries."""
+    queries, codes = measured_in(queries), measured_in(codes)  # the native kernel's dtypes
     per_branch = codes.transpose(0, 1).contiguous()  # (K, n, d)
-    out = []
-    for start in range(0, queries.shape[0], chunk_size):
-        chunk = queries[start: start + chunk_size].transpose(0, 1).contiguous()  # (K, c, d)
-        dist = torch.cdist(chunk, per_branch, p=p, compute_mode="donot_use_mm_for_euclid_dist")
-        out.append((dist <= radius).sum(dim=(0, 2)))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=queries.device)
+    threshold = radius * radius if p == 2.0 else radius  # in the compared units; rounded to the dtype as in C
+    k, n, d = per_branch.shape
+    rows = max(1, min(chunk_size, TILE_ELEMENTS // max(1, k * n * d)))
+    out = [torch.zeros(0, dtype=torch.long, device=queries.device)]
+    for start in range(0, queries.shape[0], rows):
+        chunk = queries[start: start + rows].transpose(0, 1)  # (K, c, d)
+        out.append((compared_pairwise(chunk, per_branch, p) <= threshold).sum(dim=(0, 2)))
+    return torch.cat(out)
 
 
 def _positive_int(value: Any, name: str) -> int:
