@@ -66,12 +66,15 @@ def test_training_writes_run_and_lowers_loss(tmp_path, digits):
 
 
 def test_training_leaves_torch_flags_as_it_found_them(tmp_path, digits, monkeypatch):
-    """Lightning's deterministic mode holds during the run only (it used to stay on for the process)."""
+    """Lightning's deterministic mode (and cuDNN autotuning off) holds during the run only (it used to
+    stay on for the process)."""
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)  # a caller's autotuning, which Lightning turns off
     assert not torch.are_deterministic_algorithms_enabled()
     run(digits, tmp_path / "run", epochs=1)
     assert not torch.are_deterministic_algorithms_enabled()
     assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    assert torch.backends.cudnn.benchmark
 
 
 def test_resume_equals_uninterrupted(tmp_path, digits):

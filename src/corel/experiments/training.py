@@ -337,14 +337,17 @@ def quiet_lightning() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _torch_flags_kept() -> Iterator[None]:
-    """Restores torch's deterministic-algorithms mode and the cuBLAS workspace setting afterwards:
-    Lightning's ``deterministic=True`` sets both for the whole process and leaves them on (the
-    caller's later work would run torch's slower deterministic kernels)."""
+    """Restores torch's deterministic-algorithms mode, the cuBLAS workspace setting and cuDNN's
+    autotuning flag afterwards: Lightning's ``deterministic=True`` sets all three for the whole
+    process and leaves them so (the caller's later work would run torch's slower deterministic
+    kernels, or lose the autotuning it had asked for)."""
     mode = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    autotune = torch.backends.cudnn.benchmark
     try:
         yield
     finally:
+        torch.backends.cudnn.benchmark = autotune
         torch.use_deterministic_algorithms(mode[0], warn_only=mode[1])
         if workspace is None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
