@@ -22,7 +22,7 @@ the matmul expansion) for n = 500 to 5,000, to place boruvka.LIST_MIN_POINTS.  T
 autoencoder's training step at lambda = 20 (on each H0 engine) and 0, and two epochs of
 CIFAR-10-sized random images through ``corel train --accelerator gpu`` on the engine whose loss
 was fastest.  Cases predicted to overrun --budget seconds are skipped, and
-said so.  Without CUDA only the CPU columns run.
+said so.  Without CUDA only the CPU columns run.  The JSON (--out) keeps every time in seconds.
 """
 
 from __future__ import annotations
@@ -126,11 +126,11 @@ def unchecked_loss_cases(results: list) -> None:
     b, n, d = LOSS_CASES[0]
     row: dict = {"case": f"loss {b}x{n}x{d} unchecked"}
     for backend in ("auto", "native", "triton"):
-        row[f"{backend}_ms"] = _attempt(lambda: loss_time(200, "cuda", backend=backend, codes=n, branches=b, dims=d,
+        row[f"{backend}_seconds"] = _attempt(lambda: loss_time(200, "cuda", backend=backend, codes=n, branches=b, dims=d,
                                                           check=False))
         row[f"{backend}_gpu_activities"] = _attempt(lambda: _gpu_activities(backend, n, b, d))
     def said(backend: str) -> str:
-        seconds, count = row[f"{backend}_ms"], row[f"{backend}_gpu_activities"]
+        seconds, count = row[f"{backend}_seconds"], row[f"{backend}_gpu_activities"]
         return (f"{backend} {_cell(seconds)}" + (" ms" if isinstance(seconds, float) else "")
                 + (f" / {count} GPU activities" if isinstance(count, int) else ""))
 
