@@ -138,14 +138,15 @@ def test_batched_equals_per_cloud(rng):
 @pytest.mark.parametrize("shape", [(4, 100, 10), (1, 3000, 64)])  # fixed rounds; neighbour lists (l2 screened)
 @pytest.mark.parametrize("backend", ["auto", ENGINES[2]])
 @pytest.mark.parametrize("clustered", [False, True])
-def test_cuda_agrees_with_cpu(rng, metric, shape, backend, clustered):
-    """The same tree, and the same death times bit for bit (one rounding on every device), on
-    clusters 1e-3 wide at +-100 too, where lengths tie to the last bit."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_agrees_with_cpu(rng, metric, shape, backend, clustered, dtype):
+    """The same tree, and the same death times bit for bit (one rounding on every device, float64
+    roots corrected on the CPU), on clusters 1e-3 wide at +-100 too, where lengths tie to the last bit."""
     x = rng.normal(size=shape)
     if clustered:
         x = x * 1e-3 + np.where(np.arange(shape[1]) % 2, 100.0, -100.0)[:, None]
-    x = torch.from_numpy(x).float()
-    weights = torch.from_numpy(rng.uniform(-10, 10, size=(shape[0], shape[1] - 1))).float()
+    x = torch.from_numpy(x).to(dtype)
+    weights = torch.from_numpy(rng.uniform(-10, 10, size=(shape[0], shape[1] - 1))).to(dtype)
     on_cpu, on_gpu = x.clone().requires_grad_(), x.cuda().requires_grad_()
     cpu = h0_persistence(on_cpu, metric)
     gpu = h0_persistence(on_gpu, metric, backend=backend)

@@ -188,11 +188,42 @@ def lp_norm(v: Tensor, p: float) -> Tensor:
 
 
 def _sqrt(s: Tensor) -> Tensor:
-    """Square root, exactly rounded on every device for float32 (and lower): torch's CPU kernel is
-    not (on AVX-512, 17% of float32 roots are one ulp off), CUDA's is.  Through float64 and back it
-    is exact: a float32 root is never within float64's error of a rounding midpoint.  float64
-    roots stay torch's (on CPU 1% are one ulp off)."""
-    return s.sqrt() if s.dtype == torch.float64 else s.double().sqrt().to(s.dtype)
+    """Square root of ``s`` >= 0, exactly rounded on every device: torch's eager CPU kernel is not
+    (on AVX-512 17% of float32 and 1% of float64 roots one ulp off); CUDA's is IEEE's, and
+    compiled CPU code's was exact (0 of 10^6 off).  float32 (and lower) goes through float64 and
+    back: a float32 root is never within float64's error of a rounding midpoint.  float64 on the
+    CPU gets its last bit corrected (:func:`_root_correction`)."""
+    if s.dtype != torch.float64:
+        return s.double().sqrt().to(s.dtype)
+    root = s.sqrt()
+    if s.device.type != "cpu" or torch.compiler.is_compiling():
+        return root
+    return root + _root_correction(s, root.detach())  # gradients through torch's root
+
+
+_SPLIT = 2.0 ** 27 + 1  # Veltkamp's constant: splits a double into two halves of 26 bits
+
+
+@torch.no_grad()
+def _root_correction(s: Tensor, r: Tensor) -> Tensor:
+    """The step (0 or +-1 ulp) that takes ``r``, a float64 square root of ``s`` within one ulp,
+    to the exactly rounded one.  Decided exactly: with u = ulp(r), the root lies above the
+    midpoint r + u/2 iff s - r^2 > r u + u^2/4, and every term is a whole multiple of u^2 (r^2 as
+    p + q exactly by Dekker's product), so the sign of (s - p - r u) - q decides; below r - u/2
+    likewise (r - u/4 where r is a power of two).  Eager elementwise operations, one rounding
+    each (a fused multiply-add would break Dekker's product: not for compiled code).  Roots of
+    s outside [2**-900, 2**1000], where the multiples of u^2 leave the range, stay as they are."""
+    mantissa, exponent = torch.frexp(r)
+    u = torch.ldexp(torch.ones_like(r), exponent - 53)
+    c = r * _SPLIT
+    hi = c - (c - r)
+    lo = r - hi
+    p = r * r
+    q = ((hi * hi - p) + 2 * hi * lo) + lo * lo  # r^2 - p, exactly
+    a = s - p  # exact: s and p are within a factor 2 of each other
+    below = torch.where(mantissa == 0.5, u / 2, u)  # the spacing under r
+    step = torch.where((a - r * u) - q > 0, u, torch.where((a + r * below) - q <= 0, -below, 0.0))
+    return torch.where((s >= 2.0 ** -900) & (s <= 2.0 ** 1000), step, 0.0)
 
 
 def edge_lengths(x: Tensor, edges: Tensor, metric: Metric = "l1") -> Tensor:
