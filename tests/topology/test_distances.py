@@ -118,7 +118,9 @@ def test_pairwise_distances_scale_exactly(rng, exponent, metric):
 def test_pairwise_distances_under_another_p_are_exact(rng, p, dtype, monkeypatch):
     """Against the oracle on clusters 1e-3 wide with duplicates, batched and in row tiles: torch.cdist
     sums raw p-th powers, which gave 0 for the clusters' edges at p = 30 in float32 and inf beyond
-    p = 512.  Gradients stay finite at the duplicates and match finite differences elsewhere."""
+    p = 512.  The backward runs in the same tiles (memory O(n^2), as torch.cdist's): finite at the
+    duplicates, equal to autograd through the whole computation, to finite differences elsewhere,
+    twice differentiable, and under torch.func."""
     from corel.topology import distances
 
     cloud = rng.normal(size=(2, 24, 4)) * 1e-3 + np.where(np.arange(24) % 2, 1.0, 0.0)[:, None]
@@ -130,11 +132,20 @@ def test_pairwise_distances_under_another_p_are_exact(rng, p, dtype, monkeypatch
         np.testing.assert_allclose(got[k].double().numpy(), lp_distances(x[k].double().numpy(), p),
                                    rtol=1e-6 if dtype == torch.float32 else 1e-13, atol=0)
     leaf = x.double().requires_grad_()
-    pairwise_distances(leaf, p).sum().backward()
-    assert torch.isfinite(leaf.grad).all()
+    weights = torch.from_numpy(rng.normal(size=(2, 24, 24)))
+    (got,) = torch.autograd.grad((pairwise_distances(leaf, p) * weights).sum(), leaf)
+    # the tiled backward against autograd through the whole (n, n, d) computation
+    (want,) = torch.autograd.grad((distances.lp_pairwise(leaf, leaf, p) * weights).sum(), leaf)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     if p < 100:  # finite differences of 1e-6 resolve nothing at larger p
-        distinct = torch.from_numpy(rng.normal(size=(6, 3))).requires_grad_()
+        distinct = torch.from_numpy(rng.normal(size=(2, 7, 3))).requires_grad_()
+        monkeypatch.setattr(distances, "PAIRWISE_TILE_ELEMENTS", 3 * distinct.numel())  # 3 rows a tile
         assert torch.autograd.gradcheck(lambda v: pairwise_distances(v, p), (distinct,))
+        assert torch.autograd.gradgradcheck(lambda v: pairwise_distances(v, p), (distinct,))
+        jacobian = torch.func.jacrev(lambda v: pairwise_distances(v, p))(distinct.detach())
+        torch.testing.assert_close(jacobian, torch.autograd.functional.jacobian(
+            lambda v: distances.lp_pairwise(v, v, p), distinct.detach()), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("p", [1.0, 2.0, math.inf, 3.0, 1.5])

@@ -104,14 +104,13 @@ def pairwise_distances(x: Tensor, metric: Metric = "l1") -> Tensor:
     points at 1e21 in float32 get finite distances, at 1e-27 not 0.  Only those: through the
     scaling, autograd multiplies the incoming gradient by the scale, which near the dtype's limit
     can overflow.  Another p comes from :func:`lp_pairwise` (exact at any p and scale) in row
-    tiles: memory O(n^2 d) under autograd, O(n^2) plus one tile without.
+    tiles, forward and backward: memory O(n^2) plus one tile, as torch.cdist's.
     """
     p = metric_order(metric)
     if p in (1.0, math.inf) or x.ndim < 2 or x.numel() == 0:  # no powers: nothing to leave the dtype
         return torch.cdist(x, x, p=p, compute_mode="donot_use_mm_for_euclid_dist")
     if p != 2.0:
-        rows = max(1, PAIRWISE_TILE_ELEMENTS // x.numel())  # a tile holds rows * numel differences
-        return torch.cat([lp_pairwise(x[..., r: r + rows, :], x, p) for r in range(0, x.shape[-2], rows)], dim=-2)
+        return _TiledLengths.apply(x, p)
     scale, top = power_of_two_scale(x.reshape(-1, *x.shape[-2:]))
     info = torch.finfo(x.dtype)
     inside = (top >= info.tiny ** 0.25) & (top <= info.max ** 0.25)
@@ -321,6 +320,43 @@ def _edge_gradient(scaled: Tensor, edges: Tensor, lengths: Tensor | None, p: flo
     both = torch.stack((per_edge, -per_edge), dim=2).flatten(1, 2)  # onto i0, j0, i1, j1, ...
     # out of place: under torch.func's vmap the incoming gradient may be batched where the cloud is not
     return torch.zeros_like(scaled).scatter_add(1, edges.reshape(batch, -1, 1).expand(-1, -1, d), both)
+
+
+def _row_tiles(x: Tensor) -> range:
+    """Starts of the row tiles of clouds ``x`` (..., n, d) whose differences to all n points take
+    at most PAIRWISE_TILE_ELEMENTS entries (a tile of rows r holds r * x.numel())."""
+    return range(0, x.shape[-2], max(1, PAIRWISE_TILE_ELEMENTS // x.numel()))
+
+
+class _TiledLengths(torch.autograd.Function):
+    """All pairwise l_p distances (..., n, n) of clouds ``x`` (..., n, d) for p other than 1, 2 and
+    inf, by :func:`lp_pairwise` in row tiles, with a backward in the same tiles (the closed form
+    of :func:`_length_gradient`): autograd through the tiles would have kept every (rows, n, d)
+    difference, O(n^2 d).  Second derivatives differentiate that backward."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, p: float) -> Tensor:
+        starts = _row_tiles(x)
+        return torch.cat([lp_pairwise(x[..., r: r + starts.step, :], x, p) for r in starts], dim=-2)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: Tensor) -> None:
+        ctx.p = inputs[1]
+        ctx.save_for_backward(inputs[0], output)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        x, lengths = ctx.saved_tensors
+        starts, parts, onto_others = _row_tiles(x), [], 0
+        for r in starts:
+            rows = slice(r, r + starts.step)
+            diff = x[..., rows, None, :] - x[..., None, :, :]  # (..., rows, n, d): x_i - x_j
+            per_pair = _length_gradient(diff, lengths[..., rows, :], ctx.p) * grad[..., rows, :, None]
+            parts.append(per_pair.sum(dim=-2))  # d/dx_i of the distances in row i
+            onto_others = onto_others - per_pair.sum(dim=-3)  # d/dx_j: the same pairs, opposite sign
+        return torch.cat(parts, dim=-2) + onto_others, None
 
 
 class _Lengths(torch.autograd.Function):
