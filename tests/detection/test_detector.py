@@ -33,14 +33,37 @@ def test_counts_off_the_cpu_equal_the_native_kernels(metric, dtype, monkeypatch)
     g = torch.Generator().manual_seed(0)
     q, c = torch.randn(300, 4, 10, generator=g).to(dtype), torch.randn(60, 4, 10, generator=g).to(dtype)
     p = detector.metric_order(metric)
-    monkeypatch.setattr(detector, "TILE_ELEMENTS", 7 * 4 * 60 * 10)  # 7 queries a tile
+    monkeypatch.setattr(detector, "TILE_ELEMENTS", 7 * 4 * 60 * 16)  # 7 queries a tile (d padded to 16)
+    compared = detector.compared_pairwise
+
+    def within_a_tile(a, b, p):  # the fixed order pads d to a multiple of 8: tiles count the padding
+        assert a.shape[0] * a.shape[1] * b.shape[1] * detector.padded_width(a.shape[2]) <= detector.TILE_ELEMENTS
+        return compared(a, b, p)
+
+    monkeypatch.setattr(detector, "compared_pairwise", within_a_tile)
     if p == 3.0:
         radii = torch.rand(20, generator=g).add(2.0).tolist()
     else:
-        compared = detector.compared_pairwise(q[:4, 0], c[:, 0], p).flatten()[:60].double()
-        radii = (compared.sqrt() if p == 2.0 else compared).tolist()
+        values = compared(q[:4, 0], c[:, 0], p).flatten()[:60].double()
+        radii = (values.sqrt() if p == 2.0 else values).tolist()
     for radius in radii:
         assert torch.equal(detector.count_in_tiles(q, c, radius, p), count_within(q, c, radius, metric))
+
+
+@pytest.mark.parametrize("metric", ["l1", "l2", "linf", 3.0])
+@pytest.mark.parametrize("scale", [2.0 ** 100, 2.0 ** -100])  # exact: the boundary cases stay on the boundary
+def test_counts_at_extreme_scales(metric, scale):
+    """Squares of 2**100 overflow float32 (inf <= inf counted every code) and those of 2**-100
+    underflow (0 <= 0): queries, codes and radius are divided by one power of two first."""
+    from corel.detection import detector
+
+    g = torch.Generator().manual_seed(1)
+    q, c = torch.randint(-3, 4, (50, 2, 3), generator=g).double(), torch.randint(-3, 4, (20, 2, 3), generator=g).double()
+    want = brute_force(q, c, 2.0, detector.metric_order(metric))
+    got = count_within((q * scale).float(), (c * scale).float(), 2.0 * scale, metric)
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="radius"):
+        count_within(q, c, 0.0, metric)
 
 
 def test_detector_contract_and_scores():

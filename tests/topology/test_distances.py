@@ -209,10 +209,13 @@ def test_edge_lengths_are_the_death_times(rng, dtype, p):
 
 
 @pytest.mark.parametrize("p", [1.2, 1.5, 3.0])
-def test_second_derivatives_at_duplicate_points_are_finite(p):
-    """At a zero-length edge the closed form's unused branch is pow(0, p - 1), whose derivative is
-    infinite for p < 2: masked, a double backward stays finite."""
-    x = torch.tensor([[0.3, 0.7], [0.3, 0.7], [1.1, -0.4]], dtype=torch.float64, requires_grad=True)
-    (gradient,) = torch.autograd.grad(edge_lengths(x, torch.tensor([[0, 1], [1, 2]]), p).sum(), x, create_graph=True)
-    (second,) = torch.autograd.grad(gradient.sum(), x)
-    assert torch.isfinite(second).all()
+def test_second_derivatives_at_duplicates_and_shared_coordinates_are_finite(p):
+    """At a zero-length edge, and at a coordinate two points share, the closed form takes
+    pow(0, p - 1), whose derivative is infinite for p < 2: masked, a double backward stays finite
+    (shared coordinates gave NaN), for edge lengths and pairwise distances alike."""
+    x = torch.tensor([[0.3, 0.7], [0.3, 0.7], [1.1, -0.4], [0.3, 1.5]], dtype=torch.float64, requires_grad=True)
+    edges = torch.tensor([[0, 1], [1, 2], [0, 3]])  # a duplicate, a general edge, a shared first coordinate
+    for lengths in (lambda v: edge_lengths(v, edges, p), lambda v: pairwise_distances(v, p)):
+        (gradient,) = torch.autograd.grad(lengths(x).square().sum(), x, create_graph=True)
+        (second,) = torch.autograd.grad(gradient.square().sum(), x)
+        assert torch.isfinite(second).all()

@@ -7,6 +7,7 @@ codes within ``radius`` (= eta, the scale the backbone arranged its batches at) 
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -26,6 +27,7 @@ from corel.topology.distances import (
     measured_in,
     metric_name,
     metric_order,
+    padded_width,
 )
 
 FORMAT = "corel-one-class-detector"
@@ -38,27 +40,37 @@ def count_within(queries: Tensor, codes: Tensor, radius: float, metric: Metric =
     queries: (M, K, d), codes: (n, K, d), same dtype -> (M,) int64.  Distances are exact (no matmul
     expansion) and compared as the H0 engines compare them (l1 and squared l2 summed in corel's
     fixed order, :func:`~corel.topology.distances.compared_pairwise`), so a code exactly at the
-    radius counts alike on every device.  On CPU a native kernel streams the codes without
-    building the M x n matrix; on other devices at most ``chunk_size`` queries at a time, fewer
-    where their differences to the codes would exceed TILE_ELEMENTS entries.
+    radius counts alike on every device, and on queries, codes and radius divided by one power
+    of two (exact), so squares neither overflow nor underflow (l2 at 1e30 in float32 counted
+    every code).  On CPU a native kernel streams the codes without building the M x n matrix; on
+    other devices at most ``chunk_size`` queries at a time, fewer where their differences to the
+    codes would exceed TILE_ELEMENTS entries.
     """
     p = metric_order(metric)
+    radius = check_scale(radius, "radius")
+    queries, codes = measured_in(queries), measured_in(codes)  # the dtypes the native kernel counts in
+    if queries.numel() and codes.numel():
+        top = float(torch.maximum(queries.abs().amax(), codes.abs().amax()))
+        if 0 < top < math.inf:
+            scale = math.ldexp(1.0, math.frexp(top)[1] - 1)  # the largest |coordinate| becomes 1 <= . < 2
+            queries, codes, radius = queries / scale, codes / scale, radius / scale
     if queries.device.type == "cpu":
         return native_count_within(queries, codes.transpose(0, 1), radius, p)
     return count_in_tiles(queries, codes, radius, p, chunk_size)
 
 
-# Differences (queries x codes x d) held at once by count_in_tiles.
-TILE_ELEMENTS = 1 << 26
+# Differences (queries x codes x coordinates, rounded up to the fixed order's multiple of 8) in one
+# tile of count_in_tiles; about three such temporaries are alive at once.
+TILE_ELEMENTS = 1 << 24
 
 
 def count_in_tiles(queries: Tensor, codes: Tensor, radius: float, p: float, chunk_size: int = 2048) -> Tensor:
-    """:func:`count_within` in torch operations on any device, in tiles of queries."""
-    queries, codes = measured_in(queries), measured_in(codes)  # the native kernel's dtypes
+    """:func:`count_within` of float32 or float64 ``queries`` and ``codes`` in torch operations on
+    any device, in tiles of queries; unscaled."""
     per_branch = codes.transpose(0, 1).contiguous()  # (K, n, d)
     threshold = radius * radius if p == 2.0 else radius  # in the compared units; rounded to the dtype as in C
     k, n, d = per_branch.shape
-    rows = max(1, min(chunk_size, TILE_ELEMENTS // max(1, k * n * d)))
+    rows = max(1, min(chunk_size, TILE_ELEMENTS // max(1, k * n * padded_width(d))))
     out = [torch.zeros(0, dtype=torch.long, device=queries.device)]
     for start in range(0, queries.shape[0], rows):
         chunk = queries[start: start + rows].transpose(0, 1)  # (K, c, d)

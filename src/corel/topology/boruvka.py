@@ -38,7 +38,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
-from corel.topology.distances import compared_pairwise
+from corel.topology.distances import compared_pairwise, padded_width
 
 # Off the GPU, one (B, n, n) distance matrix up to this many entries; then row tiles of at most
 # TILE_ELEMENTS entries.
@@ -171,11 +171,6 @@ def _edge_ids(i: Tensor, j: Tensor, n: int) -> Tensor:
     return torch.minimum(i, j) * n + torch.maximum(i, j)
 
 
-def _padded(d: int) -> int:
-    """Coordinates fixed_order_sum works on: d rounded up to a multiple of 8."""
-    return -(-d // 8) * 8
-
-
 def _selection_rows(a: Tensor, b: Tensor, p: float, pairwise: Pairwise | None) -> Tensor:
     """:func:`compared_pairwise` of ``a`` (B, m, d) against ``b`` (B, n, d), by the ``pairwise``
     kernel where one is given, else in pieces of ``a``'s rows so that the fixed-order differences
@@ -183,7 +178,7 @@ def _selection_rows(a: Tensor, b: Tensor, p: float, pairwise: Pairwise | None) -
     if pairwise is not None and p in FIXED_ORDER:
         return pairwise(a, b, p)
     (batch, m, d), n = a.shape, b.shape[1]
-    rows = max(1, TILE_ELEMENTS // (batch * n * _padded(d)))
+    rows = max(1, TILE_ELEMENTS // (batch * n * padded_width(d)))
     if rows >= m:
         return compared_pairwise(a, b, p)
     return torch.cat([compared_pairwise(a[:, r: r + rows], b, p) for r in range(0, m, rows)], dim=1)

@@ -137,6 +137,12 @@ def fixed_order_sum(v: Tensor) -> Tensor:
     return partial[..., 0]
 
 
+def padded_width(d: int) -> int:
+    """Coordinates :func:`fixed_order_sum` works on: d rounded up to a multiple of 8 (what tiles of
+    fixed-order differences must count)."""
+    return -(-d // 8) * 8
+
+
 def fixed_order_pairwise(a: Tensor, b: Tensor, p: float) -> Tensor:
     """The l1 distances (p = 1) or squared l2 distances (p = 2) between the rows of ``a`` (..., m, d)
     and ``b`` (..., n, d) -> (..., m, n), summed by :func:`fixed_order_sum`: the values every engine
@@ -307,9 +313,11 @@ def _length_gradient(diff: Tensor, lengths: Tensor | None, p: float) -> Tensor:
     if p == 2.0:
         return torch.where(positive, diff / safe, 0.0)
     # sign * (|diff| / length)^(p-1): finite for every p >= 1 (|diff|^(p-2) is inf at 0 for p < 2);
-    # the base masked too, so a double backward at length 0 meets no inf * 0
-    base = torch.where(positive, diff.abs() / safe, 0.0)
-    return torch.where(positive, diff.sign() * base.pow(p - 1), 0.0)
+    # zero bases masked too (at duplicates and at coordinates two points share), so a double
+    # backward meets no inf * 0 from pow's derivative at 0 when p < 2
+    base = diff.abs() / safe
+    nonzero = base > 0
+    return torch.where(nonzero, diff.sign() * torch.where(nonzero, base, 1.0).pow(p - 1), 0.0)
 
 
 def _edge_gradient(scaled: Tensor, edges: Tensor, lengths: Tensor | None, p: float, grad: Tensor) -> Tensor:
