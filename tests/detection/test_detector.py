@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -62,8 +64,31 @@ def test_counts_at_extreme_scales(metric, scale):
     want = brute_force(q, c, 2.0, detector.metric_order(metric))
     got = count_within((q * scale).float(), (c * scale).float(), 2.0 * scale, metric)
     assert torch.equal(got, want)
-    with pytest.raises(ValueError, match="radius"):
-        count_within(q, c, 0.0, metric)
+    for bad in (-1.0, math.nan, math.inf, "2"):
+        with pytest.raises(ValueError, match="radius"):
+            count_within(q, c, bad, metric)
+    assert torch.equal(count_within(q, c, torch.tensor(0.0), metric), brute_force(q, c, 0.0, 1))  # duplicates
+
+
+@pytest.mark.parametrize("metric", ["l1", "l2", "linf", 3.0])
+def test_counts_next_to_a_huge_code(metric):
+    """Small codes one float32 ulp apart next to one code at 1e38: one scale taken from the largest
+    coordinate made the small codes subnormal (11 counted where 5 are within).  A NaN has no
+    distance: a ValueError."""
+    from corel.detection import detector
+
+    p = detector.metric_order(metric)
+    line = [torch.tensor(0.1)]
+    for _ in range(40):
+        line.append(torch.nextafter(line[-1], torch.tensor(1.0)))
+    c = torch.stack([torch.stack([v, torch.tensor(0.0)]) for v in line] + [torch.tensor([1e38, 0.0])])[:, None]
+    q = torch.tensor([[[0.1, 0.0]]])
+    for radius in (3e-8, 1e-7, 2.2e-7):
+        want = (torch.linalg.vector_norm(q.double()[:, None] - c.double()[None], ord=p, dim=-1) <= radius).sum()
+        assert count_within(q, c, radius, metric).item() == want.item()
+    for where in ("queries", "codes"):
+        with pytest.raises(ValueError, match=f"{where} contains NaN"):
+            count_within(q * math.nan if where == "queries" else q, c * math.nan if where == "codes" else c, 1.0, metric)
 
 
 def test_detector_contract_and_scores():

@@ -131,6 +131,8 @@ def test_pairwise_distances_under_another_p_are_exact(rng, p, dtype, monkeypatch
     for k in range(2):
         np.testing.assert_allclose(got[k].double().numpy(), lp_distances(x[k].double().numpy(), p),
                                    rtol=1e-6 if dtype == torch.float32 else 1e-13, atol=0)
+    half = x.to(torch.bfloat16)  # measured in float32, returned in its dtype
+    assert torch.equal(pairwise_distances(half, p), pairwise_distances(half.float(), p).to(torch.bfloat16))
     leaf = x.double().requires_grad_()
     weights = torch.from_numpy(rng.normal(size=(2, 24, 24)))
     (got,) = torch.autograd.grad((pairwise_distances(leaf, p) * weights).sum(), leaf)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from corel.detection.backbone import Backbone, resolve_backbone
 from corel.detection.base import BaseDetector
 from corel.topology.distances import (
     Metric,
+    check_finite,
     check_scale,
     compared_pairwise,
     measured_in,
@@ -35,28 +37,50 @@ VERSION = 2
 
 
 def count_within(queries: Tensor, codes: Tensor, radius: float, metric: Metric = "l1", chunk_size: int = 2048) -> Tensor:
-    """Per query, the number of codes within ``radius`` (boundary included), summed over branches.
+    """Per query, the number of codes within ``radius`` (a number >= 0, boundary included), summed
+    over branches; ValueError for NaN or inf coordinates.
 
     queries: (M, K, d), codes: (n, K, d), same dtype -> (M,) int64.  Distances are exact (no matmul
     expansion) and compared as the H0 engines compare them (l1 and squared l2 summed in corel's
     fixed order, :func:`~corel.topology.distances.compared_pairwise`), so a code exactly at the
-    radius counts alike on every device, and on queries, codes and radius divided by one power
-    of two (exact), so squares neither overflow nor underflow (l2 at 1e30 in float32 counted
-    every code).  On CPU a native kernel streams the codes without building the M x n matrix; on
-    other devices at most ``chunk_size`` queries at a time, fewer where their differences to the
-    codes would exceed TILE_ELEMENTS entries.
+    radius counts alike on every device; l2 at radii whose square leaves the dtype is counted on
+    rescaled inputs (:func:`_squares_in_range`).  On CPU a native kernel streams the codes
+    without building the M x n matrix; on other devices at most ``chunk_size`` queries at a
+    time, fewer where their differences to the codes would exceed TILE_ELEMENTS entries.
     """
     p = metric_order(metric)
-    radius = check_scale(radius, "radius")
+    if isinstance(radius, Tensor) and radius.numel() == 1:
+        radius = radius.item()
+    if isinstance(radius, bool) or not isinstance(radius, Real) or not 0 <= radius < math.inf:
+        raise ValueError(f"radius must be a finite number >= 0, got {radius!r}")
+    check_finite(queries, "queries")  # a NaN coordinate has no distance (the kernels' maxima would skip it)
+    check_finite(codes, "codes")
     queries, codes = measured_in(queries), measured_in(codes)  # the dtypes the native kernel counts in
-    if queries.numel() and codes.numel():
-        top = float(torch.maximum(queries.abs().amax(), codes.abs().amax()))
-        if 0 < top < math.inf:
-            scale = math.ldexp(1.0, math.frexp(top)[1] - 1)  # the largest |coordinate| becomes 1 <= . < 2
-            queries, codes, radius = queries / scale, codes / scale, radius / scale
+    if p == 2.0:
+        queries, codes, radius = _squares_in_range(queries, codes, float(radius))
     if queries.device.type == "cpu":
         return native_count_within(queries, codes.transpose(0, 1), radius, p)
     return count_in_tiles(queries, codes, radius, p, chunk_size)
+
+
+def _squares_in_range(queries: Tensor, codes: Tensor, radius: float) -> tuple[Tensor, Tensor, float]:
+    """l2 counts compare squared sums with the radius squared.  Where that square would leave the
+    dtype (a float32 radius beyond 2**+-32: at 2**100 every code counted, inf <= inf), queries,
+    codes and radius are divided by the radius's power of two (exact), so the sums that decide,
+    those of differences near the radius, are in range; farther ones may overflow to inf and
+    nearer ones underflow to 0, each on its right side of the radius.  Only then, and not where
+    a coordinate would overflow: a global scale taken from the coordinates instead lost the
+    bits of small codes next to one huge code."""
+    info = torch.finfo(queries.dtype)
+    bound = info.max ** 0.25
+    if radius == 0 or 1 / bound <= radius <= bound:
+        return queries, codes, radius
+    scale = math.ldexp(1.0, math.frexp(radius)[1] - 1)  # the radius becomes 1 <= . < 2
+    if scale < 1:  # coordinates grow: not past the dtype
+        top = max(float(t.abs().amax()) if t.numel() else 0.0 for t in (queries, codes))
+        if scale < info.tiny or top / scale >= info.max / 4:
+            return queries, codes, radius
+    return queries / scale, codes / scale, radius / scale
 
 
 # Differences (queries x codes x coordinates, rounded up to the fixed order's multiple of 8) in one
