@@ -78,3 +78,13 @@ def test_public_names_stay_where_users_import_them():
         assert getattr(corel, name) is not None
     for name in ("vr_persistence_l1", "vr_persistence_l2", "vr_persistence", "h0_persistence"):
         assert callable(getattr(pershom, name))
+
+
+def test_one_version_number():
+    """corel.__version__ and the package metadata (pyproject.toml) say the same (they did not: 0.2.0 / 0.1.0)."""
+    import re
+
+    import corel
+
+    text = (Path(__file__).parents[1] / "pyproject.toml").read_text()  # no tomllib before Python 3.11
+    assert re.search(r'^version = "([^"]+)"', text, re.M).group(1) == corel.__version__

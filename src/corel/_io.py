@@ -129,13 +129,23 @@ def save_checked(payload: dict, path: str | os.PathLike, *, format: str, version
                        "payload": payload}, path)
 
 
+# corel's file formats, for telling a user which one a file of the wrong kind is
+_FORMATS = {
+    "corel-model": "the model file of `corel fit` (in Python: corel.experiments.novelty.NoveltyModel.load; "
+                   "its .detector is the OneClassDetector)",
+    "corel-one-class-detector": "a detector saved by OneClassDetector.save (in Python: OneClassDetector.load)",
+    "corel-backbone": "a backbone file (`corel train`'s backbone.pt; --backbone takes it)",
+}
+
+
 def load_checked(path: str | os.PathLike, *, format: str, version: int, what: str, older: str = "") -> dict:
     """The payload of a file written by :func:`save_checked`, after checking its format, version
     and checksum; a file of another format, another version or changed content raises ValueError
     (``older``: what to do with a file of an earlier version, added to that message)."""
     blob = safe_torch_load(path, what)
     if not isinstance(blob, dict) or blob.get("format") != format:
-        raise ValueError(f"{path} is not a {what} (expected format {format!r})")
+        found = _FORMATS.get(blob.get("format")) if isinstance(blob, dict) else None
+        raise ValueError(f"{path} is not a {what} (expected format {format!r})" + (f"; it is {found}" if found else ""))
     stored = blob.get("version")
     if stored != version:
         advice = older if isinstance(stored, int) and stored < version and older else \

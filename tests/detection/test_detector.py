@@ -104,6 +104,8 @@ def test_detector_contract_and_scores():
     assert roc_auc_score(np.r_[np.ones(30), np.zeros(30)], scores) > 0.99
     assert (det.predict(test[30:]) == -1).all()
     assert np.mean(det.predict(inliers) == 1) >= 0.9 - 1e-9  # contamination 0.1 of leave-one-out scores
+    own = clone(det).fit_predict(inliers)  # the training samples' own predictions: leave-one-out, not self-counted
+    assert np.array_equal(own, np.where(det.train_scores_ >= det.offset_, 1, -1)) and (own == -1).any()
     twin = clone(det)
     assert twin.get_params() == det.get_params() and not hasattr(twin, "codes_")
 

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from corel.experiments.cli import main
 
@@ -19,12 +20,57 @@ from corel.experiments.cli import main
     (["train", "--data", "digits", "--out", "x", "--epochs", "x"], "--epochs: expected an integer"),
     (["train", "--data", "digits", "--out", "x", "--h0-backend", "cuda"], "--h0-backend: invalid choice: 'cuda'"),
     (["evaluate", "--backbone", "b.pt", "--data", "digits", "--out", "x", "--radius", "nan"], "--radius: must be a finite"),
+    (["fit", "imgs", "--out", "."], "--out: . is a folder"),
+    (["score", "m.corel", "imgs", "--out", "s.csv", "--report", "."], "--report: . is a folder"),
+    (["fit", "imgs", "--out", "m.corel", "--device", "gpu0"], "--device: not a device"),
+    (["train", "--data", "digits", "--out", "x", "--resume"], "nothing to resume in x"),
 ])
 def test_bad_arguments_give_one_line_error(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible")
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--data", "digits", "--out", "x", "--accelerator", "gpu"], "--accelerator: gpu: torch sees no GPU here"),
+    (["fit", "imgs", "--out", "m.corel", "--device", "cuda"], "--device: cuda: torch sees 0 CUDA devices here"),
+])
+def test_devices_that_are_not_here_are_refused_up_front(argv, message, capsys):
+    """Lightning and torch failed with tracebacks (MisconfigurationException, AssertionError)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_interruption_says_how_to_continue(monkeypatch, tmp_path, capsys, caplog):
+    import logging
+    from types import SimpleNamespace
+
+    from corel.experiments import training, workflows
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workflows, "demo", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--out", str(tmp_path)])
+    assert exit_info.value.code == 130 and "corel demo: interrupted" in capsys.readouterr().err
+    # training: Lightning catches the interruption, tells the callbacks and exits by itself
+    report = training._RunReport(tmp_path / "last.ckpt")
+    with caplog.at_level(logging.WARNING, logger="corel"):
+        report.on_exception(SimpleNamespace(is_global_zero=True, current_epoch=3), None, KeyboardInterrupt())
+    assert "interrupted in epoch 4 (no epoch had finished): run the same command with --resume" in caplog.text
+
+
+def test_help_states_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "training epochs (default: 50)" in text and "never try to download" in text
+    assert "--no-download never try to download (default" not in text  # a flag has no default to state
 
 
 def test_metric_names_go_through_the_one_parser():

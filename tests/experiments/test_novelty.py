@@ -60,10 +60,13 @@ def _rows(path: Path) -> list[dict]:
 def test_fit_score_and_report_from_the_command_line(folders, capsys):
     model, scores, report = folders / "model.corel", folders / "scores.csv", folders / "report.html"
     assert main(["fit", str(folders / "normal"), "--out", str(model), "--report", str(folders / "fit.html")]) == 0
-    assert "fitted on 30 images" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    below = int((NoveltyModel.load(model).train_scores < NoveltyModel.load(model).detector.offset_).sum())
+    assert "fitted on 30 images" in said and f"{below} of them ({below / 30:.1%}) score below" in said
     assert main(["score", str(model), str(folders / "test"), "--out", str(scores), "--report", str(report),
                  "--labels", str(folders / "labels.csv"), "--quiet"]) == 0
-    assert "12 images scored" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "12 images scored" in said and "AUROC x 100 against" in said
     rows = _rows(scores)
     assert [r["path"] for r in rows] == [str(p) for p in sorted((folders / "test").iterdir())]
     assert sorted(int(r["rank"]) for r in rows) == list(range(1, 13))
@@ -79,6 +82,38 @@ def test_fit_score_and_report_from_the_command_line(folders, capsys):
     assert all(src.startswith("data:image/png;base64,") for src in re.findall(r'src="([^"]*)"', page))
     for suffix in ("histogram", "roc", "fitted", "novel", "normal"):
         assert (folders / f"report_{suffix}.png").stat().st_size > 0
+
+
+def test_labels_are_read_without_guessing(folders, capsys, caplog):
+    """Labels by path relative to the CSV; by bare name only where one row has it (a name shared
+    by several rows went to the last of them); 0 and true/false refused as ambiguous; scikit-learn's
+    1 / -1 taken; the AUROC printed without a report too."""
+    from corel.experiments.novelty import read_labels
+
+    names = [str(p) for p in sorted((folders / "test").iterdir())]
+    truth = read_labels(folders / "labels.csv", names)
+    (folders / "meta").mkdir()
+    rows = ["path,label"] + [f"elsewhere/{Path(n).name},{'1' if t else '-1'}" for n, t in zip(names, truth)]
+    (folders / "meta" / "by_name.csv").write_text("\n".join(rows) + "\n")
+    assert np.array_equal(read_labels(folders / "meta" / "by_name.csv", names), truth)  # unique names: matched
+    rows.append(f"other/{Path(names[0]).name},normal")
+    (folders / "meta" / "shared.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=f"2 rows are named {Path(names[0]).name}"):
+        read_labels(folders / "meta" / "shared.csv", names)
+    for ambiguous in ("0", "true"):
+        (folders / "meta" / "bits.csv").write_text(f"path,label\n{names[0]},{ambiguous}\n")
+        with pytest.raises(ValueError, match="ambiguous"):
+            read_labels(folders / "meta" / "bits.csv", names)
+    main(["fit", str(folders / "normal"), "--out", str(folders / "m.corel")])
+    capsys.readouterr()
+    assert main(["score", str(folders / "m.corel"), str(folders / "test"), "--out", str(folders / "s.csv"),
+                 "--labels", str(folders / "meta" / "by_name.csv"), "--quiet"]) == 0
+    assert "AUROC x 100 against" in capsys.readouterr().out
+    # the labels file doubles as a list of images (a header row, paths in its path column)
+    assert len(corel.load_images(folders / "labels.csv")) == 12
+    with caplog.at_level(logging.WARNING, logger="corel"):  # scoring what was fitted: each counts itself
+        main(["score", str(folders / "m.corel"), str(folders / "normal"), "--out", str(folders / "s.csv"), "--quiet"])
+    assert "30 of the scored images are ones the model was fitted on" in caplog.text
 
 
 def test_python_api_gives_the_same_scores(folders):
@@ -160,6 +195,27 @@ def test_images_of_other_sizes_are_resized_and_said_once(tmp_path, caplog):
     assert corel.load_images(tmp_path / "imgs.npz").shape == (4, 3, 32, 32)
     (tmp_path / "list.txt").write_text("# two of them\nmixed/a.png\n\nmixed/c.bmp\n")
     assert corel.load_images(tmp_path / "list.txt").shape == (2, 3, 32, 32)
+
+
+def test_sixteen_bit_and_rotated_images_decode_as_they_look(tmp_path):
+    """A 16-bit greyscale PNG is scaled to 8 bits (PIL's convert clipped mid-grey to white); a JPEG
+    whose EXIF says "rotated 90 degrees" is turned upright before its central square is taken."""
+    grey = np.full((32, 32), 32768, np.uint16)
+    grey[:, :16] = 4096
+    for folder in ("grey", "phone"):
+        (tmp_path / folder).mkdir()
+    Image.fromarray(grey).save(tmp_path / "grey" / "grey16.png")
+    assert Image.open(tmp_path / "grey" / "grey16.png").mode.startswith("I")
+    images = corel.load_images(tmp_path / "grey")
+    assert images[0, :, :, :16].max() == 16 and (images[0, :, :, 16:] == 128).all()
+
+    wide = np.zeros((32, 64, 3), np.uint8)  # left half black, right half white, landscape
+    wide[:, 32:] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: the camera was turned; viewers rotate 90 degrees clockwise
+    Image.fromarray(wide).save(tmp_path / "phone" / "phone.jpg", quality=95, exif=exif)
+    upright = corel.load_images(tmp_path / "phone")[0]  # portrait 32 x 64: the left (black) half on top
+    assert upright[:, :12].mean() < 15 and upright[:, 20:].mean() > 240  # unrotated: 127 in both
 
 
 def test_the_shipped_backbone():

@@ -128,6 +128,9 @@ def resolve_backbone(backbone: "Backbone | str | os.PathLike", device: str | tor
     if isinstance(backbone, str) and backbone in PRETRAINED:
         return pretrained(backbone, device)
     if isinstance(backbone, (str, os.PathLike)):
+        if not Path(backbone).exists():
+            raise FileNotFoundError(f"corel backbone file not found: {backbone} (the shipped backbones: "
+                                    f"{', '.join(PRETRAINED) or 'none'})")
         return Backbone.load(backbone, device)
     raise ValueError(f"backbone must be a Backbone, a pretrained name ({', '.join(PRETRAINED) or 'none'}) "
                      f"or a file path, got {type(backbone).__name__}")

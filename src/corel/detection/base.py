@@ -55,6 +55,14 @@ class BaseDetector(OutlierMixin, BaseEstimator, ABC):
         self.offset_ = offset_from_scores(self.train_scores_, contamination)
         return self
 
+    def fit_predict(self, X: Any, y: None = None) -> np.ndarray:
+        """Fits on ``X`` and returns its samples' own predictions (+1 / -1) from the training
+        scores that set ``offset_`` (a fraction ``contamination`` of -1): ``fit(X).predict(X)``
+        would score each sample against itself as well (the ball counts then find every training
+        sample normal)."""
+        self.fit(X, y)
+        return np.where(self.train_scores_ >= self.offset_, 1, -1)
+
     def score_samples(self, X: Any) -> np.ndarray:
         """(N,) normality scores of ``X``; higher = more normal."""
         check_is_fitted(self, "offset_")

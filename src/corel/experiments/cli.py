@@ -114,6 +114,42 @@ def _int_list(minimum: int):
     return parse
 
 
+def _output_file(text: str) -> Path:
+    """A file to write: not an existing folder."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give the path of a file to write")
+    return path
+
+
+def _device(text: str) -> str:
+    """A torch device that exists here (cpu, cuda, cuda:1, mps)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"not a device: {text!r} (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        raise argparse.ArgumentTypeError(f"{text}: torch sees {torch.cuda.device_count()} CUDA devices here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: torch sees no MPS device here")
+    return text
+
+
+def _accelerator(text: str) -> str:
+    """Lightning's accelerator; "gpu"/"cuda"/"mps" only where torch sees one (Lightning would fail
+    with a traceback)."""
+    import torch
+
+    wanted = text.lower()
+    if wanted in ("gpu", "cuda") and not (torch.cuda.is_available() or (wanted == "gpu" and torch.backends.mps.is_available())):
+        raise argparse.ArgumentTypeError(f"{text}: torch sees no GPU here (use cpu or auto)")
+    if wanted == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: torch sees no MPS device here (use cpu or auto)")
+    return text
+
+
 def _add_data_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
     from corel.experiments.datasets import DATASETS
 
@@ -128,8 +164,8 @@ def _add_train_args(p: argparse.ArgumentParser, grid: bool = False) -> None:
     from corel.topology.h0 import BACKENDS
 
     g = p.add_argument_group("training (defaults: the authors' setup)")
-    g.add_argument("--epochs", type=_int_at_least(1), default=50)
-    g.add_argument("--batch-size", type=_int_at_least(2), default=100)
+    g.add_argument("--epochs", type=_int_at_least(1), default=50, help="training epochs")
+    g.add_argument("--batch-size", type=_int_at_least(2), default=100, help="images per step (per device)")
     g.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate")
     g.add_argument("--eta", type=_positive_float, default=2.0, help="connectivity scale (latent l1 units)")
     if grid:
@@ -140,18 +176,18 @@ def _add_train_args(p: argparse.ArgumentParser, grid: bool = False) -> None:
     else:
         g.add_argument("--lam", type=_non_negative_float, default=20.0, help="weight of the connectivity loss")
     g.add_argument("--metric", type=_metric, default="l1", help="latent metric: l1, l2, linf or a number p >= 1")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="random seed")
     g.add_argument("--arch", choices=("conv", "mlp"), default=None, help="default: conv for 32x32 images, else mlp")
     if not grid:
-        g.add_argument("--branches", type=_int_at_least(1), default=16)
-        g.add_argument("--branch-dim", type=_int_at_least(1), default=10)
+        g.add_argument("--branches", type=_int_at_least(1), default=16, help="latent branches")
+        g.add_argument("--branch-dim", type=_int_at_least(1), default=10, help="dimensions per branch")
     g.add_argument("--filters", type=_int_list(1), default=None, help="conv channels / MLP widths, e.g. 32,64,128")
     g.add_argument("--init", choices=("layer", "block"), default="layer",
                    help="latent maps start with the whole layer's fan-in (the authors') or one block's")
-    g.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
+    g.add_argument("--accelerator", type=_accelerator, default="auto", help="Lightning accelerator: auto, cpu, gpu")
     g.add_argument("--devices", type=_devices, default="auto", help="Lightning devices: auto, a count, or a list like 0,1")
     g.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (the default for several devices)")
-    g.add_argument("--num-nodes", type=_int_at_least(1), default=1)
+    g.add_argument("--num-nodes", type=_int_at_least(1), default=1, help="machines (Lightning)")
     g.add_argument("--h0-backend", choices=BACKENDS, default="auto",
                    help="engine of the connectivity loss's persistence: auto (compiled kernel on CPU, Borůvka on "
                         "GPU), native, torch, or triton (fused GPU kernels; needs triton); all give the same results")
@@ -185,6 +221,8 @@ def _train(args: argparse.Namespace) -> int:
     from corel.experiments.workflows import default_model_config, train_backbone
 
     config = _train_config(args)
+    if args.resume and not any((args.out / name).exists() for name in ("checkpoints", "backbone.pt", "summary.json")):
+        raise FileNotFoundError(f"nothing to resume in {args.out}: no run there (start one without --resume)")
     data = load_dataset(args.data, args.data_dir, download=args.download)
     model_config = default_model_config(data, args.branches, args.branch_dim, args.filters, args.arch, args.init)
     train_backbone(data, args.out, model_config, config, resume=args.resume, progress=not args.quiet,
@@ -275,13 +313,15 @@ def _report_failures(failed: list[tuple[str, str]]) -> None:
 def _fit(args: argparse.Namespace) -> int:
     from corel.experiments.novelty import fit, write_report
 
-    model, failed = fit(args.images, args.backbone, contamination=args.contamination, radius=args.radius,
+    backbone = _backbone(args.backbone) if args.backbone.endswith(".ckpt") else args.backbone
+    model, failed = fit(args.images, backbone, contamination=args.contamination, radius=args.radius,
                         resize=args.resize, strict=args.strict, device=args.device)
     _report_failures(failed)
     model.save(args.out)
     det = model.detector
-    print(f"fitted on {len(model.names)} images (radius {det.radius_:g}); threshold {det.offset_:g}: "
-          f"{args.contamination:g} of them score below it; model in {args.out}")
+    below = int((model.train_scores < det.offset_).sum())  # scores are counts: ties can keep it under contamination
+    print(f"fitted on {len(model.names)} images (radius {det.radius_:g}); {below} of them ({below / len(model.names):.1%}) "
+          f"score below the threshold {max(det.offset_, 0.0):.4g} (each counted against the others); model in {args.out}")
     if args.report:
         print(f"report in {write_report(model, args.report)}")
     return 0
@@ -294,9 +334,20 @@ def _score(args: argparse.Namespace) -> int:
     scored = score(model, args.images, chunk=args.chunk, strict=args.strict, progress=not args.quiet)
     labels = read_labels(args.labels, scored.names) if args.labels else None
     _report_failures(scored.failed)
+    fitted = {Path(name).resolve() for name in model.names}
+    refitted = sum(Path(name).resolve() in fitted for name in scored.names)
+    if refitted:
+        logging.getLogger("corel").warning(
+            "%d of the scored images are ones the model was fitted on: each also counts itself (one per branch), so "
+            "they look more normal than new images would; the fit report (corel fit --report) scores them "
+            "against the others", refitted)
     write_scores(scored, model.detector.offset_, args.out)
     novel = int((scored.scores < model.detector.offset_).sum())
     print(f"{len(scored.scores)} images scored: {novel} novel, {len(scored.scores) - novel} normal; scores in {args.out}")
+    if labels is not None:
+        from corel.experiments.reports import auroc_percent
+
+        print(f"AUROC x 100 against {args.labels}: {auroc_percent(labels, scored.scores):.2f}")
     if args.report:
         print(f"report in {write_report(model, args.report, scored, labels)}")
     return 0
@@ -326,6 +377,26 @@ def _analyze_densification(args: argparse.Namespace) -> int:
     return 0 if result is not None else 1
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """Help that states each option's default, unless its text already does."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or action.nargs == 0  # flags: their "default" is the opposite state
+                or action.default in (None, argparse.SUPPRESS) or "default" in text):
+            return text
+        shown = ",".join(map(str, action.default)) if isinstance(action.default, (tuple, list)) else action.default
+        return f"{text} (default: {shown})".strip()
+
+
+def _with_defaults_shown(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = _DefaultsShown
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _with_defaults_shown(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from corel.experiments.protocol import PROTOCOLS
 
@@ -347,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=_int_list(1), default=(120,), help="samples per class, e.g. 80,120,500")
     p.add_argument("--draws", type=_int_at_least(1), default=5, help="random draws per class")
     p.add_argument("--radius", type=_positive_float, default=None, help="ball radius (default: the backbone's eta)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--out", type=Path, required=True, help="folder for CSV/JSON/Markdown/PNG reports")
     p.add_argument("--report", action="store_true",
                    help="also one HTML page per class (first draw, first n): images, scores, ROC curve and AUROC")
@@ -358,10 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("protocol", choices=list(PROTOCOLS), help="; ".join(f"{k}: {v.description}" for k, v in PROTOCOLS.items()))
     p.add_argument("--data-dir", type=Path, default=None, help="folder holding the training dataset")
     p.add_argument("--eval-data-dir", type=Path, default=None, help="folder holding the evaluation dataset, if elsewhere")
-    p.add_argument("--no-download", dest="download", action="store_false")
+    p.add_argument("--no-download", dest="download", action="store_false", help="never try to download")
     _add_train_args(p)
     p.add_argument("-n", type=_int_list(1), default=(120,), help="samples per class, e.g. 80,120,500")
-    p.add_argument("--draws", type=_int_at_least(1), default=5)
+    p.add_argument("--draws", type=_int_at_least(1), default=5, help="random draws per class")
     p.add_argument("--out", type=Path, required=True, help="run folder; an existing backbone there is reused")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_reproduce)
@@ -372,14 +443,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated: corel, ocsvm_cae, deep_svdd, dagmm, dsebm, geom")
     p.add_argument("--backbone", default=None, help="backbone for method corel: cifar10 (shipped) or a backbone.pt")
     p.add_argument("-n", type=_int_at_least(1), default=120, help="samples per class")
-    p.add_argument("--draws", type=_int_at_least(1), default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--draws", type=_int_at_least(1), default=5, help="random draws per class")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--small", action="store_true", help="CPU-sized baseline networks (GEOM: a small net)")
     p.add_argument("--classes", type=_int_list(0), default=None, help="comma-separated class indices (default: all)")
     p.add_argument("--test-size", type=_int_at_least(2), default=None,
                    help="score a stratified random subset of this many test images, the same for every method "
                         "(default: the whole test split)")
-    p.add_argument("--device", default="cpu", help="where the baselines run: cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", type=_device, default="cpu", help="where the baselines run: cpu, cuda, cuda:1, ...")
     p.add_argument("--out", type=Path, required=True,
                    help="run folder; finished (method, class, draw) cells are kept there, so a rerun resumes")
     p.add_argument("--report-only", action="store_true",
@@ -389,26 +460,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_compare)
 
     p = sub.add_parser("fit", help="fit a novelty detector on a folder of normal images (pretrained backbone)")
-    p.add_argument("images", help="a folder of image files (jpg, png, bmp), a list file of paths, or an .npz")
-    p.add_argument("--out", type=Path, required=True, help="the model file to write, e.g. model.corel")
-    p.add_argument("--backbone", default="cifar10", help="cifar10 (shipped, the default) or a backbone.pt")
+    p.add_argument("images", help="a folder of image files (jpg, png, bmp; searched recursively), a list file of "
+                                  "paths (.txt, or .csv with a path column; relative to the list's folder), or an .npz")
+    p.add_argument("--out", type=_output_file, required=True, help="the model file to write, e.g. model.corel")
+    p.add_argument("--backbone", default="cifar10",
+                   help="cifar10 (shipped, the default), a backbone.pt, or a run's checkpoints/*.ckpt")
     p.add_argument("--contamination", type=_contamination, default=0.1,
                    help="fraction of the fitted images to call novel, in [0, 0.5]: sets the threshold (default 0.1)")
     p.add_argument("--radius", type=_positive_float, default=None, help="ball radius (default: the backbone's eta)")
     p.add_argument("--resize", choices=("bilinear", "box"), default="bilinear",
                    help="filter that brings images to the backbone's size after a central square crop")
-    p.add_argument("--device", default=None, help="where the backbone encodes: cpu, cuda, ...")
-    p.add_argument("--report", type=Path, default=None, help="also write an HTML report of the fitted images")
+    p.add_argument("--device", type=_device, default=None, help="where the backbone encodes: cpu, cuda, ...")
+    p.add_argument("--report", type=_output_file, default=None, help="also write an HTML report of the fitted images")
     p.add_argument("--strict", action="store_true", help="an unreadable image is an error (default: left out, listed)")
     p.set_defaults(func=_fit)
 
     p = sub.add_parser("score", help="score images with a model from corel fit: CSV, and an HTML report")
     p.add_argument("model", type=Path, help="the model file written by corel fit")
-    p.add_argument("images", help="a folder of image files, a list file of paths, or an .npz")
-    p.add_argument("--out", type=Path, required=True, help="CSV to write: path, score, normal/novel, rank")
-    p.add_argument("--report", type=Path, default=None, help="also write an HTML report (and its PNGs beside it)")
+    p.add_argument("images", help="a folder of image files (searched recursively), a list file of paths (relative "
+                                  "to the list's folder), or an .npz")
+    p.add_argument("--out", type=_output_file, required=True, help="CSV to write: path, score, normal/novel, rank")
+    p.add_argument("--report", type=_output_file, default=None, help="also write an HTML report (and its PNGs beside it)")
     p.add_argument("--labels", type=Path, default=None,
-                   help="CSV with columns path,label (normal/novel): adds the ROC curve and AUROC to the report")
+                   help="CSV with columns path,label: label normal or novel (or scikit-learn's 1 / -1), paths "
+                        "relative to the CSV's folder; prints the AUROC and adds the ROC curve to the report")
     p.add_argument("--chunk", type=_int_at_least(1), default=1000, help="images decoded and scored at a time")
     p.add_argument("--strict", action="store_true", help="an unreadable image is an error (default: listed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -432,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     tools = p.add_subparsers(dest="tool", required=True, metavar="TOOL")
     t = tools.add_parser("batch-size", help="metric-entropy batch-size guideline for a branch (and the reverse)")
     t.add_argument("--dim", type=_int_at_least(1), default=10, help="branch dimension")
-    t.add_argument("--eta", type=_positive_float, default=2.0)
+    t.add_argument("--eta", type=_positive_float, default=2.0, help="connectivity scale")
     t.add_argument("--tolerance", type=_non_negative_float, default=0.1, help="relative: death times in eta*(1 +- t)")
     t.add_argument("--batch-size", type=_int_at_least(2), default=None, help="reverse: the tolerance this batch allows")
     t.set_defaults(func=_analyze_batch_size)
@@ -441,15 +516,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(t)
     t.add_argument("--batch-size", type=_int_at_least(2), default=100, help="the training batch size b")
     t.add_argument("--num-samples", type=_int_at_least(2), default=None, help="largest N (default: all training images)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="random seed")
     t.add_argument("--out", type=Path, required=True)
     t.set_defaults(func=_analyze_densification)
 
     p = sub.add_parser("demo", help="the whole method on sklearn's bundled digits, with and without the loss")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for reports and plots")
     p.add_argument("--quick", action="store_true", help="a few epochs and one draw (seconds; used by the tests)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=_demo)
+    _with_defaults_shown(parser)
     return parser
 
 
@@ -471,6 +547,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, ImportError) as e:
         parser.exit(2, f"corel {args.command}: error: {e}\n")
+    except KeyboardInterrupt:  # (training reports its own interruption and exits through Lightning)
+        again = {"train": "run it again with --resume to continue", "evaluate": "", "fit": "", "score": "",
+                 "demo": ""}.get(args.command, "finished work is kept in --out: run the same command to continue")
+        parser.exit(130, f"corel {args.command}: interrupted{'; ' + again if again else ''}\n")
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def score(model: NoveltyModel, source: str | os.PathLike, *, chunk: int = 1000, 
     names, scores, failed = [], [], []
     lowest: list = []  # heaps of (key, index, image): the most novel and the most normal
     highest: list = []
-    with tqdm(total=total, unit="img", desc="scoring", disable=not progress, leave=False) as bar:
+    with tqdm(total=total, unit="img", desc="scoring", disable=None if progress else True, leave=False) as bar:
         for good, pixels, bad in chunks:
             failed += bad
             if len(pixels):
@@ -137,29 +137,42 @@ def write_scores(scored: Scored, threshold: float, path: str | os.PathLike) -> N
 
 
 def read_labels(path: str | os.PathLike, names: list[str]) -> np.ndarray:
-    """Labels of scored images from a CSV with columns path and label (normal/novel, 1/0, true/false)
-    -> (N,) bool, True = normal.  A path in the CSV is relative to the CSV's folder (or absolute);
-    an image is matched by its path, else by its file name.  ValueError for an image without a label."""
-    truth = {"normal": True, "1": True, "true": True, "inlier": True,
-             "novel": False, "0": False, "false": False, "outlier": False, "anomaly": False}
+    """Labels of scored images from a CSV with columns path and label -> (N,) bool, True = normal.
+
+    A label is normal/novel (also inlier/outlier, anomaly, anomalous) or scikit-learn's 1/-1 (1 =
+    normal); 0 and true/false are refused as ambiguous (anomaly datasets write 1 for an anomaly).
+    A path in the CSV is relative to the CSV's folder (or absolute); an image is matched by its
+    path, else by its file name where only one row has that name.  ValueError for an image
+    without a label, or whose name several rows share."""
+    truth = {"normal": True, "inlier": True, "1": True, "+1": True,
+             "novel": False, "outlier": False, "anomaly": False, "anomalous": False, "-1": False}
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
             raise ValueError(f"{path} must be a CSV with the columns path and label")
         given: dict[str, bool] = {}
         for row in reader:
-            value = row["label"].strip().lower()
+            value = (row["label"] or "").strip().lower()
             if value not in truth:
-                raise ValueError(f"{path}: label {row['label']!r} of {row['path']} is not normal/novel or 1/0")
-            given[row["path"].strip()] = truth[value]
+                raise ValueError(f"{path}: label {row['label']!r} of {row['path']} is not one of normal/novel "
+                                 "(or scikit-learn's 1 = normal, -1 = novel; 0 and true/false are ambiguous)")
+            given[(row["path"] or "").strip()] = truth[value]
     folder = Path(path).parent
     by_path = {(folder / key).resolve(): value for key, value in given.items()}
-    by_name = {Path(key).name: value for key, value in given.items()}
+    by_name: dict[str, list[bool]] = {}
+    for key, value in given.items():
+        by_name.setdefault(Path(key).name, []).append(value)
     labels = []
     for name in names:
-        found = by_path.get(Path(name).resolve(), by_name.get(Path(name).name))
+        found = by_path.get(Path(name).resolve())
         if found is None:
-            raise ValueError(f"{path} has no label for {name}")
+            same = by_name.get(Path(name).name, [])
+            if len(same) > 1:
+                raise ValueError(f"{path}: {len(same)} rows are named {Path(name).name} and none is the path of "
+                                 f"{name}: give paths relative to the CSV's folder ({folder})")
+            if not same:
+                raise ValueError(f"{path} has no label for {name} (paths are relative to the CSV's folder, {folder})")
+            found = same[0]
         labels.append(found)
     return np.asarray(labels, dtype=bool)
 

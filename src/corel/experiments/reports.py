@@ -29,6 +29,17 @@ def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[A
     atomic_write_text(path, buffer.getvalue())
 
 
+def auroc_percent(labels: np.ndarray, scores: np.ndarray) -> float:
+    """AUROC x 100 of ``scores`` (higher = more normal) against ``labels`` (True = normal), one per
+    score; ValueError unless both kinds occur."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(labels, dtype=bool)
+    if labels.shape != np.shape(scores) or labels.all() or not labels.any():
+        raise ValueError("labels must be one per image with both normal and novel ones")
+    return 100 * float(roc_auc_score(labels, scores))
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A Markdown table (every cell rendered with str)."""
     lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
@@ -41,11 +52,14 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def protocol_markdown(result: ProtocolResult) -> str:
     """Per-class AUROC (mean +- std over draws) and the mean, as a Markdown table."""
-    rows = [[c, f"{m:.2f} ± {row.std(ddof=1) if len(row) > 1 else 0:.2f}" if done else "not run"]
+    draws = result.auroc.shape[1]
+    spread = (lambda v: f" ± {v:.2f}") if draws > 1 else (lambda v: "")  # one draw has no spread
+    rows = [[c, f"{m:.2f}{spread(row.std(ddof=1) if len(row) > 1 else 0)}" if done else "not run"]
             for c, m, row, done in zip(result.class_names, result.per_class, result.auroc, result.finished)]
     partial = "" if result.finished.all() else f" ({result.finished.sum()} of {len(result.finished)} classes)"
-    rows.append([f"**mean**{partial}", f"**{result.mean:.2f}** ± {result.std_over_draws:.2f}"])
-    return markdown_table(["class", f"AUROC ({result.method}, n={result.n}, {result.auroc.shape[1]} draws)"], rows)
+    rows.append([f"**mean**{partial}", f"**{result.mean:.2f}**{spread(result.std_over_draws)}"])
+    caption = f"{draws} draws" if draws > 1 else "1 draw"
+    return markdown_table(["class", f"AUROC ({result.method}, n={result.n}, {caption})"], rows)
 
 
 def write_protocol(result: ProtocolResult, out_dir: str | Path, stem: str = "auroc") -> list[Path]:
@@ -78,7 +92,8 @@ def plot_auroc_bars(results: dict[str, ProtocolResult], path: str | Path, title:
         values = [*results[m].per_class, mean]
         ax.bar(x + (j - (len(methods) - 1) / 2) * width, values, width, label=f"{m} ({mean:.1f})")
     ax.axhline(50, color="grey", lw=0.8, ls="--")
-    ax.set_xticks(x, names, rotation=45 if len(names) > 12 else 0, ha="right" if len(names) > 12 else "center")
+    crowded = len(names) > 12 or max(map(len, names)) > 5  # CIFAR-10's names ran into each other upright
+    ax.set_xticks(x, names, rotation=45 if crowded else 0, ha="right" if crowded else "center")
     ax.set_ylabel("AUROC x 100")
     ax.set_ylim(0, 100)
     ax.set_title(title)
@@ -237,13 +252,10 @@ def html(path: str | Path, scores: np.ndarray, threshold: float, *, names: Seque
     figures["histogram"] = hist
     body.append("<h2>Scores</h2>{histogram}")
     if labels is not None:
-        from sklearn.metrics import roc_auc_score, roc_curve
+        from sklearn.metrics import roc_curve
 
-        labels = np.asarray(labels, dtype=bool)
-        if labels.shape != (n,) or labels.all() or not labels.any():
-            raise ValueError("labels must be one bool per image with both normal (True) and novel (False) ones")
+        auroc = auroc_percent(labels, scores)
         fpr, tpr, _ = roc_curve(labels, scores)
-        auroc = 100 * roc_auc_score(labels, scores)
         roc = new_figure((4.0, 4.0))
         ax = roc.add_subplot()
         ax.plot(fpr, tpr, color="tab:blue", label=f"AUROC {auroc:.2f}")

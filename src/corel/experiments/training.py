@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -260,6 +261,12 @@ class _RunReport(Callback):
         pl_module.check_diverged()
         trainer.save_checkpoint(self.checkpoint)
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:  # Lightning then exits silently
+            saved = f"epoch {trainer.current_epoch} is kept" if self.checkpoint.exists() else "no epoch had finished"
+            logging.getLogger("corel").warning("interrupted in epoch %d (%s): run the same command with --resume "
+                                               "to continue", trainer.current_epoch + 1, saved)
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written atomically beside their target (corel._io) and read with ``weights_only=True``."""
@@ -327,7 +334,9 @@ def quiet_lightning() -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             for message in (".*does not have many workers.*", ".*_pytree.*", ".*is smaller than the logging interval.*",
-                            ".*Checkpoint directory .* exists and is not empty.*", ".*LeafSpec.*"):
+                            ".*Checkpoint directory .* exists and is not empty.*", ".*LeafSpec.*",
+                            # per-epoch values are logged on rank 0 only, on purpose (the loss is per device)
+                            ".*sync_dist=True.*"):
                 warnings.filterwarnings("ignore", message=message)
             yield
     finally:
@@ -451,7 +460,7 @@ def train(
             callbacks=[_RunReport(out / "checkpoints" / "last.ckpt")],
             plugins=[AtomicCheckpointIO()],
             enable_checkpointing=False,  # _RunReport writes the one checkpoint, atomically
-            enable_progress_bar=progress,
+            enable_progress_bar=progress and sys.stdout.isatty(),  # Lightning's bar writes to stdout: not into logs
             enable_model_summary=False,
             use_distributed_sampler=False,  # EpochShuffleSampler splits the data across devices itself
             log_every_n_steps=1,  # every value is logged per epoch; no step interval to wait for

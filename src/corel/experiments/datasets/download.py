@@ -58,7 +58,8 @@ def find_archive(root: Path, archive: Archive, dataset: str, download: bool, alt
     if (root / archive.filename).is_file():
         return root / archive.filename
     where = (f"Put {archive.filename} (from {archive.url}, md5 {archive.md5}) or its extracted folder "
-             f"{archive.folder}/ there{alternative}, or pass data_dir=<the folder holding them>.")
+             f"{archive.folder}/ there{alternative}, or point to the folder holding them (--data-dir on the "
+             "command line, data_dir= in Python).")
     if not download:
         raise ValueError(f"{dataset}: no data in {root} (download=False). {where}")
     try:
@@ -78,7 +79,7 @@ def _download(archive: Archive, root: Path) -> Path:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(archive.url, timeout=_READ_TIMEOUT) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             received = 0
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {archive.filename}") as bar:
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {archive.filename}", disable=None) as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     md5.update(chunk)

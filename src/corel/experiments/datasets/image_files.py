@@ -9,6 +9,7 @@ default: PIL's bilinear filter, antialiased when shrinking, which is what the au
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Protocol
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from corel._io import atomic_write
@@ -30,7 +31,7 @@ from corel.experiments.datasets.download import ARCHIVES, find_archive, find_fol
 IMAGE_EXTENSIONS: tuple[str, ...] = (".bmp", ".jpeg", ".jpg", ".png")
 RESIZE_FILTERS: dict[str, Image.Resampling] = {"bilinear": Image.Resampling.BILINEAR, "box": Image.Resampling.BOX}
 # Bump when the decoding changes, so that stale caches are not reused.
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3
 
 
 
@@ -141,17 +142,36 @@ def square(rgb: Image.Image, size: int, resize: str = "bilinear") -> np.ndarray:
     return np.asarray(rgb).transpose(2, 0, 1)
 
 
+# Greyscale modes of more than 8 bits (16-bit PNG and TIFF open as these); PIL's convert clips
+# them to 255, so a mid-grey 16-bit image came out white.
+_WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def as_rgb(image: Image.Image, size: int) -> Image.Image:
+    """An opened image as 8-bit RGB the right way up: JPEGs decoded at the smallest DCT scale still
+    >= ``size`` (much faster), the camera's EXIF orientation applied (a phone photo is otherwise
+    cropped sideways), greyscale of 16 bits scaled to 8 (not clipped).  ValueError for
+    floating-point images, whose range is unknown."""
+    image.draft("RGB", (size, size))
+    image = ImageOps.exif_transpose(image)
+    if image.mode in _WIDE_GREY:
+        image = Image.fromarray((np.asarray(image).clip(0, 65535) >> 8).astype(np.uint8))
+    elif image.mode == "F":
+        raise ValueError("floating-point images have no fixed range: convert them to 8 or 16 bits")
+    return image.convert("RGB")
+
+
 def decode_image(fp: BinaryIO, size: int, resize: str = "bilinear") -> np.ndarray:
-    """One image file -> (3, size, size) uint8 RGB: its central square, resized with ``resize``."""
+    """One image file -> (3, size, size) uint8 RGB (:func:`as_rgb`): its central square, resized
+    with ``resize``."""
     with Image.open(fp) as image:
-        image.draft("RGB", (size, size))  # JPEG: decode at the smallest DCT scale still >= size, much faster
-        return square(image.convert("RGB"), size, resize)
+        return square(as_rgb(image, size), size, resize)
 
 
 def _decode_all(files: _Files, names: list[str], size: int, resize: str, desc: str) -> np.ndarray:
     """Decodes straight into one preallocated (N, 3, size, size) uint8 array."""
     out = np.empty((len(names), 3, size, size), np.uint8)
-    for i, name in enumerate(tqdm(names, desc=desc, unit="img", mininterval=1.0)):
+    for i, name in enumerate(tqdm(names, desc=desc, unit="img", mininterval=1.0, disable=None)):
         try:
             with files.open(name) as fp:
                 out[i] = decode_image(fp, size, resize)
@@ -274,7 +294,8 @@ LIST_SUFFIXES = (".txt", ".lst", ".list", ".csv")
 def image_paths(source: str | os.PathLike) -> list[Path]:
     """The image files of ``source``: a folder (searched recursively, sorted, hidden files
     skipped) or a list file (one path per line, relative to the list's folder; blank lines and
-    lines starting with # ignored).  ValueError when there are none."""
+    lines starting with # ignored; a .csv gives the column headed "path", else its first column).
+    ValueError when there are none."""
     source = Path(source)
     if source.is_dir():
         found = [Path(folder) / name for folder, dirs, files in os.walk(source, followlinks=True)
@@ -286,7 +307,13 @@ def image_paths(source: str | os.PathLike) -> list[Path]:
         return images
     if source.is_file() and source.suffix.lower() in LIST_SUFFIXES:
         lines = [line.strip() for line in source.read_text().splitlines()]
-        paths = [source.parent / line for line in lines if line and not line.startswith("#")]
+        lines = [line for line in lines if line and not line.startswith("#")]
+        if source.suffix.lower() == ".csv" and lines:  # e.g. the labels file of corel score
+            rows = list(csv.reader(lines))
+            header = [cell.strip().lower() for cell in rows[0]]
+            column = header.index("path") if "path" in header else 0
+            lines = [row[column].strip() for row in rows[1 if "path" in header else 0:] if len(row) > column]
+        paths = [source.parent / line for line in lines if line]
         if not paths:
             raise ValueError(f"the list file {source} names no images")
         return paths
@@ -311,8 +338,7 @@ def iter_images(paths: list[Path], size: int = 32, resize: str = "bilinear", chu
                             "images are cropped to their central square and resized to %dx%d (%s); %s is %dx%d",
                             size, size, resize, path, *image.size)
                         told = True
-                    image.draft("RGB", (size, size))
-                    pixels.append(square(image.convert("RGB"), size, resize))
+                    pixels.append(square(as_rgb(image, size), size, resize))
                 names.append(path)
             except _DECODE_ERRORS as e:
                 failed.append((path, f"{type(e).__name__}: {e}"))
