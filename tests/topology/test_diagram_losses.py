@@ -41,6 +41,18 @@ def test_target_loss_is_the_connectivity_loss_of_one_cloud():
     torch.testing.assert_close(DiagramTargetLoss(target=1.5)(rips_persistence(z, "l1", 0)), expected)
 
 
+def test_p_below_one_has_finite_gradients_at_zero_length():
+    """pow's derivative at 0 is infinite for p < 1: a duplicate point (a zero-length bar) or a death
+    equal to the target made every gradient NaN."""
+    x = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [3.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    for loss in (TotalPersistence(dimension=0, p=0.5), DiagramTargetLoss(target=1.0, dimension=0, p=0.5)):
+        (gradient,) = torch.autograd.grad(loss(h0_persistence(x)), x)
+        assert torch.isfinite(gradient).all()
+    # elsewhere the ordinary derivative: p * length^(p - 1) along the bar
+    (gradient,) = torch.autograd.grad(TotalPersistence(dimension=0, p=0.5)(h0_persistence(x[1:])), x)
+    assert gradient[3, 0].item() == pytest.approx(0.5 * 2.0 ** -0.5)
+
+
 def test_gradient_descent_shrinks_the_loops():
     torch.manual_seed(0)
     angles = torch.linspace(0, 2 * math.pi, 13)[:-1]
@@ -60,6 +72,7 @@ def test_gradient_descent_shrinks_the_loops():
     (lambda: TotalPersistence(dimension=-1), "dimension"), (lambda: TotalPersistence(p=0), "p must"),
     (lambda: DiagramTargetLoss(target=math.nan), "target"), (lambda: DiagramTargetLoss(1.0, coordinate="x"), "coordinate"),
     (lambda: DiagramTargetLoss(1.0, reduction="max"), "reduction"), (lambda: DiagramTargetLoss(1.0, dimension=1.5), "dimension"),
+    (lambda: TotalPersistence(p="1"), "p must"), (lambda: DiagramTargetLoss(target=None), "target must"),
 ])
 def test_bad_parameters(factory, message):
     with pytest.raises(ValueError, match=message):
@@ -74,3 +87,11 @@ def test_bad_results():
         TotalPersistence()(torch.zeros(3, 3))
     with pytest.raises(ValueError, match="expected"):
         TotalPersistence()("diagram")
+    with pytest.raises(ValueError, match="the loss is of dimension 0, the diagram of dimension 1"):
+        TotalPersistence(dimension=0)(diagrams[1])  # it read as an empty dimension 0: a silent 0
+    with pytest.raises(ValueError, match="got lengths 2 and 1"):
+        TotalPersistence()(([torch.zeros(0, 2), torch.zeros(0, 2)], [torch.zeros(1)]))
+    with pytest.raises(ValueError, match="codes must be a torch.Tensor"):
+        ConnectivityLoss()(torch.zeros(4, 2).numpy())
+    with pytest.raises(ValueError, match="max_ball_diameter must be a number"):
+        pershom.vr_persistence_l1(SQUARE, 0, None)

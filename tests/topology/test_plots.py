@@ -31,6 +31,7 @@ def test_every_result_type(tmp_path, cloud, plot):
         "torchph": pershom.vr_persistence_l2(cloud, 1),
         "h0": h0_persistence(cloud, "l2"),
         "one_diagram": rips_persistence(cloud, "l2", 1)[1],
+        "bfloat16": h0_persistence(cloud.bfloat16(), "l2"),  # numpy has no bfloat16: it raised TypeError
     }
     for name, result in results.items():
         assert isinstance(plot(result, title=name), Figure)

@@ -12,6 +12,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import cdist
 
 import corel.pershom as pershom
+from corel.topology.distances import edge_lengths
 from conftest import METRICS
 from corel import (
     H0,
@@ -78,6 +79,23 @@ def test_threshold_and_essential_classes_equal_gudhi(rng, threshold):
                                    torch.from_numpy(dist[tuple(diagram.essential_edges.T.numpy())]))
     if threshold == 1.2:  # the loop is born below the threshold and does not die before it
         assert diagrams[1].essential.shape == (1,)
+
+
+@pytest.mark.parametrize("metric", ["l1", "l2", 3.0])
+def test_every_dimension_applies_one_threshold(metric):
+    """A square of float32 side 0.1f (0.1000000015 exactly) at threshold 0.1: dimension 0 compared
+    in float32 (sides in: one component) and the engine in float64 (sides out: no loop), which
+    reported one component and no loop, impossible for a 4-cycle.  Now each threshold is compared
+    exactly on the values corel reports; torchph's API rounds it to the points' dtype first, as
+    torchph does, and then also applies it to every dimension alike."""
+    square = torch.tensor([[0.0, 0.0], [0.1, 0.0], [0.1, 0.1], [0.0, 0.1]])
+    side = float(edge_lengths(square, torch.tensor([[0, 1]]), metric))
+    for threshold, components, loops in ((0.1, 4, 0), (side, 1, 1)):
+        h0, h1 = rips_persistence(square, metric, 1, threshold=threshold)
+        assert (len(h0.essential), len(h1.essential)) == (components, loops)
+    if metric == "l1":
+        _, essential = pershom.vr_persistence_l1(square, 1, 0.1)  # 0.1 rounds to 0.1f: the sides are in
+        assert len(essential[0]) == 1 and essential[1].tolist() == [side]
 
 
 def test_without_threshold_only_one_essential_class(rng):

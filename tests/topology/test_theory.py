@@ -36,9 +36,10 @@ def test_guideline_exact_values_and_tolerance_form():
 
 def test_reverse_guideline():
     assert tolerance_for_batch_size(50, 10, 2.0) == 0.0  # (3/2)^10 - (1/2)^10 = 57.7 >= 50 at zero tolerance
-    for size in [80, 100, 150, 1000]:
-        t = tolerance_for_batch_size(size, 10, 2.0)
-        assert metric_entropy_count(10, 2.0, 2 * (1 - t), 2 * (1 + t)) == pytest.approx(size, rel=1e-9)
+    for size, dim in [(80, 10), (100, 10), (150, 10), (1000, 10), (17000, 1), (10 ** 9, 1)]:
+        # (above 8,192 no two doubles were 1e-12 apart: an absolute stopping rule never stopped)
+        t = tolerance_for_batch_size(size, dim, 2.0)
+        assert metric_entropy_count(dim, 2.0, max(0.0, 2 * (1 - t)), 2 * (1 + t)) == pytest.approx(size, rel=1e-9)
     assert tolerance_for_batch_size(100, 10, 2.0) < tolerance_for_batch_size(150, 10, 2.0)
     assert tolerance_for_batch_size(100, 10, 2.0) == tolerance_for_batch_size(100, 10, 5.0)  # scale free
 

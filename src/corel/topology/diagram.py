@@ -55,7 +55,7 @@ class H0(NamedTuple):
         if self.deaths.ndim != 1:
             raise ValueError(f"expected the H0 of one cloud, got deaths of shape {tuple(self.deaths.shape)}")
         n = self.deaths.shape[0] + 1
-        keep = self.deaths.detach() <= threshold
+        keep = self.deaths.detach().double() <= threshold  # exact: a float32 cast of the threshold could let in more
         deaths, edges = self.deaths[keep], self.edges[keep]
         parent = list(range(n))
 
@@ -117,6 +117,9 @@ def as_diagrams(result: Any) -> list[Diagram]:
             and all(isinstance(part, Sequence) for part in result) and len(result[0]) == len(result[1])
             and all(isinstance(t, Tensor) for part in result for t in part)):
         return [_from_torchph(finite, essential, k) for k, (finite, essential) in enumerate(zip(*result))]
+    if isinstance(result, Sequence) and len(result) == 2 and all(isinstance(part, Sequence) for part in result):
+        raise ValueError(f"a (non_essential, essential) pair needs two lists of tensors of one length per dimension, "
+                         f"got lengths {len(result[0])} and {len(result[1])}")
     raise ValueError(
         "expected a list of Diagram, a Diagram, a (non_essential, essential) pair of tensor lists "
         f"or an H0 of one cloud, got {type(result).__name__}"

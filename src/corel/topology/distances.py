@@ -93,7 +93,9 @@ def check_distance_matrix(dist: Any) -> None:
     if (dist < 0).any():
         raise ValueError("distance matrix has negative entries")
     if not torch.equal(dist, dist.transpose(-1, -2)):
-        raise ValueError("distance matrix is not symmetric")
+        gap = float((dist - dist.transpose(-1, -2)).abs().max())
+        raise ValueError(f"distance matrix is not symmetric (entries differ by up to {gap:.3g}; torch.cdist's "
+                         "can differ in the last bit: pass (D + D.mT) / 2, or the points themselves)")
 
 
 def pairwise_distances(x: Tensor, metric: Metric = "l1") -> Tensor:

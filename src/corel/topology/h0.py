@@ -61,12 +61,20 @@ def check_backend(backend: str) -> None:
         check_device()
 
 
-def _engine(device: torch.device, backend: str) -> str:
+def _traced(x: Tensor) -> bool:
+    """Whether ``x`` flows through torch.compile or a torch.func transform (vmap, jacrev, grad):
+    there nothing may read a value on the host, and the compiled kernel cannot see the data."""
+    return torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
+def _engine(data: Tensor, backend: str) -> str:
     """"native", "torch" or "triton": "auto" is the compiled kernel on CPU and Borůvka on other
-    devices and inside torch.compile (which cannot trace the compiled kernel)."""
+    devices and where ``data`` is traced (:func:`_traced`)."""
     _known(backend)
     if backend == "auto":
-        return "native" if device.type == "cpu" and not torch.compiler.is_compiling() else "torch"
+        return "native" if data.device.type == "cpu" and not _traced(data) else "torch"
+    if backend == "native" and torch._C._functorch.is_functorch_wrapped_tensor(data):
+        raise ValueError("backend 'native' cannot run under torch.func transforms; use 'auto' or 'torch'")
     return backend
 
 
@@ -129,15 +137,16 @@ def h0_persistence(points: Tensor, metric: Metric = "l1", *, backend: str = "aut
     ``check=False`` leaves out the checks that read a value back from the device (one host
     synchronisation per call): a cloud with NaN or inf coordinates then gets NaN deaths, and
     distances beyond the dtype inf deaths, instead of a ValueError.  For training loops that look
-    at the loss once per epoch; inside ``torch.compile`` the checks are always left out.
+    at the loss once per epoch; inside ``torch.compile`` and ``torch.func`` transforms (where
+    "auto" is Borůvka) the checks are always left out.
     """
     check_points(points, check_values=False)
     p = metric_order(metric)
-    engine = _engine(points.device, backend)
+    engine = _engine(points, backend)
     *batch, n, d = points.shape
-    # Under torch.compile the checks that need the host are left out too, so the fixed rounds
-    # trace into one graph.
-    checked = check and not torch.compiler.is_compiling()
+    # Under torch.compile and torch.func the checks that need the host are left out too, so the
+    # fixed rounds trace into one graph.
+    checked = check and not _traced(points)
     if n == 1 or points.numel() == 0:
         if checked:
             check_finite(points, "points")
@@ -174,7 +183,7 @@ def h0_persistence_from_distances(dist: Tensor, *, backend: str = "auto") -> H0:
     Death times are gathered from ``dist`` at the tree's edges, so gradients flow into ``dist``.
     """
     check_distance_matrix(dist)
-    engine = _engine(dist.device, backend)
+    engine = _engine(dist, backend)
     *batch, n, _ = dist.shape
     if n == 1 or dist.numel() == 0:
         return _empty(dist)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from numbers import Real
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from corel.topology.diagram import persistence_pairs
+from corel.topology.diagram import Diagram, persistence_pairs
 from corel.topology.distances import Metric, check_scale, metric_order
 from corel.topology.h0 import BACKENDS, h0_persistence
 
@@ -55,6 +57,9 @@ class ConnectivityLoss(nn.Module):
 
     def death_times(self, z: Tensor) -> Tensor:
         """0-dim death times per branch: (b, D) codes -> (branches, b-1), ascending."""
+        if not isinstance(z, Tensor):
+            raise ValueError(f"codes must be a torch.Tensor of shape (b, D), got {type(z).__name__} "
+                             "(convert with torch.as_tensor)")
         if z.ndim != 2:
             raise ValueError(f"codes must have shape (b, D), got {tuple(z.shape)}")
         b, dim = z.shape
@@ -88,6 +93,8 @@ def _finite_pairs(result: Any, dimension: int) -> Tensor:
         if result.ndim != 2 or result.shape[1] != 2:
             raise ValueError(f"pairs must have shape (f, 2), got {tuple(result.shape)}")
         return result
+    if isinstance(result, Diagram) and result.dimension != dimension:  # it would read as an empty dimension
+        raise ValueError(f"the loss is of dimension {dimension}, the diagram of dimension {result.dimension}")
     per_dimension = persistence_pairs(result)
     if dimension >= len(per_dimension):
         raise ValueError(f"the result has dimensions 0..{len(per_dimension) - 1}, not {dimension}")
@@ -97,6 +104,15 @@ def _finite_pairs(result: Any, dimension: int) -> Tensor:
 def _check_dimension(dimension: Any) -> None:
     if isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 0:
         raise ValueError(f"dimension must be a non-negative int, got {dimension!r}")
+
+
+def _power(x: Tensor, p: float) -> Tensor:
+    """``x ** p`` of lengths ``x`` >= 0.  For p < 1 zero bases are masked: pow's derivative is
+    infinite there, and a duplicate point (a zero-length bar) made every gradient NaN."""
+    if p >= 1:
+        return x.pow(p)
+    positive = x > 0
+    return torch.where(positive, torch.where(positive, x, 1.0).pow(p), 0.0)
 
 
 class TotalPersistence(nn.Module):
@@ -110,14 +126,12 @@ class TotalPersistence(nn.Module):
     def __init__(self, dimension: int = 1, p: float = 1.0):
         super().__init__()
         _check_dimension(dimension)
-        if not p > 0:
-            raise ValueError(f"p must be > 0, got {p!r}")
         self.dimension = dimension
-        self.p = float(p)
+        self.p = check_scale(p, "p")
 
     def forward(self, result: Any) -> Tensor:
         pairs = _finite_pairs(result, self.dimension)
-        return (pairs[:, 1] - pairs[:, 0]).pow(self.p).sum()
+        return _power(pairs[:, 1] - pairs[:, 0], self.p).sum()
 
     def extra_repr(self) -> str:
         return f"dimension={self.dimension}, p={self.p}"
@@ -136,24 +150,22 @@ class DiagramTargetLoss(nn.Module):
                  reduction: str = "sum"):
         super().__init__()
         _check_dimension(dimension)
-        if not math.isfinite(target):
+        if isinstance(target, bool) or not isinstance(target, Real) or not math.isfinite(target):
             raise ValueError(f"target must be a finite number, got {target!r}")
         if coordinate not in ("birth", "death"):
             raise ValueError(f"coordinate must be 'birth' or 'death', got {coordinate!r}")
-        if not p > 0:
-            raise ValueError(f"p must be > 0, got {p!r}")
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
         self.target = float(target)
         self.dimension = dimension
         self.coordinate = coordinate
-        self.p = float(p)
+        self.p = check_scale(p, "p")
         self.reduction = reduction
 
     def forward(self, result: Any) -> Tensor:
         pairs = _finite_pairs(result, self.dimension)
         values = pairs[:, 1 if self.coordinate == "death" else 0]
-        per_class = (values - self.target).abs().pow(self.p)
+        per_class = _power((values - self.target).abs(), self.p)
         if self.reduction == "sum":
             return per_class.sum()
         if self.reduction == "mean":

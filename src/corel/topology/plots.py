@@ -25,7 +25,7 @@ _COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
 
 def _numpy(values: Any) -> np.ndarray:
     if isinstance(values, torch.Tensor):
-        values = values.detach().cpu()
+        values = values.detach().cpu().double()  # numpy has no bfloat16
     return np.asarray(values, dtype=np.float64)
 
 

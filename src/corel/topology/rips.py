@@ -29,7 +29,6 @@ from corel.topology.distances import (
     check_points,
     edge_lengths,
     metric_order,
-    pairwise_distances,
     power_of_two_scale,
 )
 from corel.topology.h0 import h0_persistence, h0_persistence_from_distances
@@ -67,9 +66,16 @@ def _sorted_pairs(births: Tensor, deaths: Tensor, birth_edges: Tensor, death_edg
     return torch.stack([births[order], deaths[order]], dim=1), birth_edges[order], death_edges[order]
 
 
-def _engine_diagrams(dist: np.ndarray, max_dimension: int, threshold: float, lengths: Lengths,
+def _engine_diagrams(dist: np.ndarray, max_dimension: int, inside: np.ndarray | None, lengths: Lengths,
                      device: torch.device) -> list[Diagram]:
-    """Dimensions 1..max_dimension of one (n, n) float64 distance matrix."""
+    """Dimensions 1..max_dimension of one (n, n) float64 distance matrix, of the edges ``inside``
+    the threshold ((n, n) bool; None: all)."""
+    threshold = math.inf
+    if inside is not None:
+        # corel decides which edges enter (as dimension 0 does, on the same values); the engine,
+        # which rounds to float32, gets the others as inf and a threshold between the two
+        dist = np.where(inside, dist, np.inf)
+        threshold = float(dist[inside].max())
     # n_threads=1: with more threads giotto-ph 0.2.4 returns wrong birth edges in dimension >= 1.
     result = _engine()(dist, maxdim=max_dimension, thresh=threshold, metric="precomputed",
                        n_threads=1, return_generators=True)
@@ -91,21 +97,40 @@ def higher_diagrams(data: Tensor, metric: Metric | None, max_dimension: int,
                      threshold: float) -> list[Diagram]:
     """Dimensions 1..max_dimension of one cloud (n, d) under ``metric``, or of one distance matrix
     (n, n) when ``metric`` is None."""
-    values = data.detach().to(device="cpu", dtype=torch.float64)
-    # the engine sees the values divided by a power of two (exact), near 1: it works in float32,
-    # where 1e-163 or 1e150 would come out 0 or inf, and squares of 1e-163 underflow even in float64
-    scale = float(power_of_two_scale(values[None])[0])
     if metric is None:
-        dist = (values / scale).numpy()
-
         def lengths(edges: Tensor) -> Tensor:
             return data[edges[:, 0], edges[:, 1]]
-    else:
-        dist = pairwise_distances(values / scale, metric).numpy()
 
+        values = data.detach()
+    else:
         def lengths(edges: Tensor) -> Tensor:
             return edge_lengths(data, edges, metric)
-    return _engine_diagrams(dist, max_dimension, threshold / scale, lengths, data.device)
+
+        values = _all_lengths(data.detach(), metric)  # the values births and deaths are gathered from
+    values = values.to(device="cpu", dtype=torch.float64)
+    inside = None if threshold == math.inf else (values <= threshold).numpy()  # exact, as in dimension 0
+    # the engine sees the values divided by a power of two (exact), near 1: it works in float32,
+    # where 1e-163 or 1e150 would come out 0 or inf
+    scale = float(power_of_two_scale(values[None, :, :])[0])
+    return _engine_diagrams((values / scale).numpy(), max_dimension, inside, lengths, data.device)
+
+
+# Coordinates differenced at once by _all_lengths (rows of edges times d).
+_TILE_ELEMENTS = 1 << 22
+
+
+def _all_lengths(points: Tensor, metric: Metric) -> Tensor:
+    """(n, n) lengths of all edges of the cloud ``points`` (n, d) as :func:`edge_lengths` gives
+    them (the dimension-0 deaths' rounding), in row tiles."""
+    n, d = points.shape
+    rows = max(1, _TILE_ELEMENTS // (n * d))
+    j = torch.arange(n, device=points.device)
+    parts = []
+    for r in range(0, n, rows):
+        i = torch.arange(r, min(n, r + rows), device=points.device)
+        edges = torch.stack(torch.broadcast_tensors(i[:, None], j[None, :]), dim=-1).reshape(-1, 2)
+        parts.append(edge_lengths(points, edges, metric).view(len(i), n))
+    return torch.cat(parts)
 
 
 def _per_cloud(batch: torch.Size, diagrams_of: Callable[[tuple], list[Diagram]]) -> list:

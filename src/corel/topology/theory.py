@@ -71,7 +71,7 @@ def tolerance_for_batch_size(batch_size: int, dim: int, eta: float) -> float:
     ``batch_size``, i.e. how tightly around eta all death times of a batch of that size can lie.
 
     0 when even t = 0 allows the batch (C at t = 0 is (3/2)^D - (1/2)^D); C grows with t, so
-    bisection finds it to 1e-12.
+    bisection finds it to 1e-12 relative.
     """
     _check_geometry(dim, eta)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -85,8 +85,10 @@ def tolerance_for_batch_size(batch_size: int, dim: int, eta: float) -> float:
     low, high = 0.0, 1.0
     while bound(high) < batch_size:
         low, high = high, 2 * high
-    while high - low > 1e-12:
+    while high - low > 1e-12 * high:  # relative: above 8,192 no two doubles are 1e-12 apart
         mid = (low + high) / 2
+        if not low < mid < high:  # adjacent doubles: as close as it gets
+            break
         low, high = (low, mid) if bound(mid) >= batch_size else (mid, high)
     return high
 

@@ -6,13 +6,16 @@ lists indexed by homology dimension, ``non_essential[k]`` a (f, 2) tensor of (bi
 and ``essential[k]`` a 1-D (m,) tensor of births.  ``vr_persistence_l2`` is corel's addition.
 torchph's four boundary-matrix functions (``find_merge_pairings``, ``merge_columns_``,
 ``read_barcodes``, ``calculate_persistence``) are not part of corel.  Deliberate differences
-(docs/persistence.md): zero-length bars are kept unless ``drop_zero_bars=True``; ``max_dimension``
-is the highest *homology* dimension; every device and any batch of one cloud works.
+(docs/persistence.md): ``max_dimension`` is the highest *homology* dimension; every device works.
+Zero-length bars are dropped as torchph drops them (``drop_zero_bars=False`` keeps those of
+dimension 0, as corel's own API does); ``max_ball_diameter`` is rounded to the points' dtype, as
+torchph compares in it, and bounds every dimension alike.
 """
 
 from __future__ import annotations
 
 import math
+from numbers import Real
 
 import torch
 from torch import Tensor
@@ -32,12 +35,14 @@ def _torchph_result(h0: H0, max_dimension: int, max_ball_diameter: float, drop_z
     max_dimension = check_max_dimension(max_dimension)
     if h0.deaths.ndim != 1:
         raise ValueError("torchph-style functions take one cloud (n, d); use h0_persistence for batches")
-    if isinstance(max_ball_diameter, bool) or not max_ball_diameter >= 0:
-        raise ValueError(f"max_ball_diameter must be >= 0, got {max_ball_diameter!r}")
+    if isinstance(max_ball_diameter, bool) or not isinstance(max_ball_diameter, Real) or not max_ball_diameter >= 0:
+        raise ValueError(f"max_ball_diameter must be a number >= 0 (0: no limit), got {max_ball_diameter!r}")
     deaths = h0.deaths
+    # torchph compares in the points' dtype: the bound rounded to it, then every dimension alike
+    max_ball_diameter = float(torch.tensor(float(max_ball_diameter), dtype=deaths.dtype))
     keep = torch.ones_like(deaths, dtype=torch.bool)
     if max_ball_diameter > 0:
-        keep &= deaths <= max_ball_diameter
+        keep &= deaths.double() <= max_ball_diameter
     essential_count = 1 + int((~keep).sum())
     if drop_zero_bars:
         keep &= deaths > 0
@@ -53,7 +58,7 @@ def _torchph_result(h0: H0, max_dimension: int, max_ball_diameter: float, drop_z
 
 
 def vr_persistence_l1(point_cloud: Tensor, max_dimension: int, max_ball_diameter: float = 0.0, *,
-                      drop_zero_bars: bool = False) -> Barcodes:
+                      drop_zero_bars: bool = True) -> Barcodes:
     """torchph-compatible Vietoris-Rips persistence of ``point_cloud`` (n, d) under l1.
 
     Returns ``(non_essential, essential)``, lists indexed by homology dimension 0..max_dimension:
@@ -67,8 +72,8 @@ def vr_persistence_l1(point_cloud: Tensor, max_dimension: int, max_ball_diameter
     with its true Vietoris-Rips semantics (triangles are built for dimension 1, so its finite
     bars are there); torchph's ``max_dimension`` counts simplex dimension, so there
     ``max_dimension=1`` builds no triangles and every 1-cycle is reported as essential.  Zero-length
-    bars of dimension 0 (duplicate points) are kept; ``drop_zero_bars=True`` drops them as torchph
-    does (dimension >= 1 never has them).  Dimension >= 1 needs giotto-ph
+    bars of dimension 0 (duplicate points) are dropped as in torchph; ``drop_zero_bars=False`` keeps
+    them (dimension >= 1 never has them).  Dimension >= 1 needs giotto-ph
     (``pip install 'corel[higher]'``), see :mod:`corel.topology.rips`.
     """
     h0 = h0_persistence(point_cloud, "l1")
@@ -76,14 +81,14 @@ def vr_persistence_l1(point_cloud: Tensor, max_dimension: int, max_ball_diameter
 
 
 def vr_persistence_l2(point_cloud: Tensor, max_dimension: int, max_ball_diameter: float = 0.0, *,
-                      drop_zero_bars: bool = False) -> Barcodes:
+                      drop_zero_bars: bool = True) -> Barcodes:
     """As :func:`vr_persistence_l1`, under the Euclidean (l2) metric (torchph has no such function)."""
     h0 = h0_persistence(point_cloud, "l2")
     return _torchph_result(h0, max_dimension, max_ball_diameter, drop_zero_bars, point_cloud, "l2")
 
 
 def vr_persistence(distance_matrix: Tensor, max_dimension: int, max_ball_diameter: float = 0.0, *,
-                   drop_zero_bars: bool = False) -> Barcodes:
+                   drop_zero_bars: bool = True) -> Barcodes:
     """As :func:`vr_persistence_l1`, from an (n, n) distance matrix, of which, as in torchph, only
     the part below the diagonal is read: it need not be symmetric.  Differentiable in those entries."""
     if not isinstance(distance_matrix, Tensor) or distance_matrix.ndim != 2 \
