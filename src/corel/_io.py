@@ -84,7 +84,8 @@ def safe_torch_load(path: str | os.PathLike, what: str) -> Any:
                          "not plain data (such as code to run), which corel never loads") from e
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, AttributeError, TypeError, KeyError,
             IndexError) as e:
-        first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first_line = first_line if len(first_line) <= 200 else first_line[:199] + "…"  # torch's can run long
         raise ValueError(f"{what} {path} is corrupt, truncated or not a corel file "
                          f"({type(e).__name__}: {first_line})") from e
 
