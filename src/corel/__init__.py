@@ -56,6 +56,7 @@ _LAZY = {
     "ImageData": "corel.experiments.datasets",
     "load_dataset": "corel.experiments.datasets",
     "load_images": "corel.experiments.datasets.image_files",
+    "NoveltyModel": "corel.experiments.novelty",
     "analyze_densification": "corel.experiments.workflows",
 }
 _LAZY_MODULES = {"report": "corel.experiments.reports"}
@@ -78,7 +79,8 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "H0", "AutoencoderConfig", "Backbone", "BaseDetector", "BranchedAutoencoder", "ConnectivityLoss", "DATASETS",
-    "Diagram", "DiagramTargetLoss", "ImageData", "OneClassDetector", "TotalPersistence", "analyze_densification",
+    "Diagram", "DiagramTargetLoss", "ImageData", "NoveltyModel", "OneClassDetector", "TotalPersistence",
+    "analyze_densification",
     "as_diagrams", "batch_size_for_tolerance", "batch_size_guideline", "count_within", "densification",
     "edge_lengths", "h0_persistence", "h0_persistence_from_distances", "load_dataset", "load_images", "metric_order",
     "pairwise_distances", "persistence_pairs", "pershom", "pretrained", "report", "rips_persistence",

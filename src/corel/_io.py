@@ -132,8 +132,8 @@ def save_checked(payload: dict, path: str | os.PathLike, *, format: str, version
 
 # corel's file formats, for telling a user which one a file of the wrong kind is
 _FORMATS = {
-    "corel-model": "the model file of `corel fit` (in Python: corel.experiments.novelty.NoveltyModel.load; "
-                   "its .detector is the OneClassDetector)",
+    "corel-model": "the model file of `corel fit` (in Python: corel.NoveltyModel.load; its .detector is the "
+                   "OneClassDetector)",
     "corel-one-class-detector": "a detector saved by OneClassDetector.save (in Python: OneClassDetector.load)",
     "corel-backbone": "a backbone file (`corel train`'s backbone.pt; --backbone takes it)",
 }
