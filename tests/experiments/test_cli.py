@@ -62,7 +62,7 @@ def test_an_interruption_says_how_to_continue(monkeypatch, tmp_path, capsys, cap
     report = training._RunReport(tmp_path / "last.ckpt")
     with caplog.at_level(logging.WARNING, logger="corel"):
         report.on_exception(SimpleNamespace(is_global_zero=True, current_epoch=3), None, KeyboardInterrupt())
-    assert "interrupted in epoch 4 (no epoch had finished): run the same command with --resume" in caplog.text
+    assert "interrupted in epoch 4 (no epoch had finished): the run continues from there when started again" in caplog.text
 
 
 def test_help_states_the_defaults(capsys):

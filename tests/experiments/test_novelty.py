@@ -84,7 +84,7 @@ def test_fit_score_and_report_from_the_command_line(folders, capsys):
         assert (folders / f"report_{suffix}.png").stat().st_size > 0
 
 
-def test_labels_are_read_without_guessing(folders, capsys, caplog):
+def test_labels_are_read_without_guessing(folders, capsys, caplog, monkeypatch):
     """Labels by path relative to the CSV; by bare name only where one row has it (a name shared
     by several rows went to the last of them); 0 and true/false refused as ambiguous; scikit-learn's
     1 / -1 taken; the AUROC printed without a report too."""
@@ -109,10 +109,24 @@ def test_labels_are_read_without_guessing(folders, capsys, caplog):
     assert main(["score", str(folders / "m.corel"), str(folders / "test"), "--out", str(folders / "s.csv"),
                  "--labels", str(folders / "meta" / "by_name.csv"), "--quiet"]) == 0
     assert "AUROC x 100 against" in capsys.readouterr().out
+    # Excel's "CSV UTF-8" (a byte-order mark) and a header in other case and spacing
+    (folders / "meta" / "excel.csv").write_bytes("\ufeffPath, Label\r\n".encode() + "\r\n".join(
+        f"elsewhere/{Path(n).name}, {'Normal' if t else 'NOVEL'}" for n, t in zip(names, truth)).encode("utf-8"))
+    assert np.array_equal(read_labels(folders / "meta" / "excel.csv", names), truth)
+    # every label alike: no ROC curve, but the scores stand (exit 0)
+    (folders / "meta" / "same.csv").write_text("path,label\n" + "".join(f"{n},normal\n" for n in names))
+    assert main(["score", str(folders / "m.corel"), str(folders / "test"), "--out", str(folders / "s.csv"),
+                 "--labels", str(folders / "meta" / "same.csv"), "--report", str(folders / "same.html"), "--quiet"]) == 0
+    assert "undefined (every image has the same label)" in capsys.readouterr().out
+    assert "no ROC curve" in (folders / "same.html").read_text()
     # the labels file doubles as a list of images (a header row, paths in its path column)
     assert len(corel.load_images(folders / "labels.csv")) == 12
-    with caplog.at_level(logging.WARNING, logger="corel"):  # scoring what was fitted: each counts itself
-        main(["score", str(folders / "m.corel"), str(folders / "normal"), "--out", str(folders / "s.csv"), "--quiet"])
+    # scoring what was fitted (relative paths, from another working folder): each also counts itself
+    monkeypatch.chdir(folders)
+    main(["fit", "normal", "--out", "relative.corel"])
+    monkeypatch.chdir(folders / "meta")
+    with caplog.at_level(logging.WARNING, logger="corel"):
+        main(["score", "../relative.corel", "../normal", "--out", "s.csv", "--quiet"])
     assert "30 of the scored images are ones the model was fitted on" in caplog.text
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -216,6 +217,12 @@ def _backbone(spec: str):
     return resolve_backbone(spec)
 
 
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars unless --quiet, and only on a terminal: in a redirected log they are noise
+    (Lightning's goes to stdout, tqdm's to stderr)."""
+    return not args.quiet and sys.stdout.isatty() and sys.stderr.isatty()
+
+
 def _train(args: argparse.Namespace) -> int:
     from corel.experiments.datasets import load_dataset
     from corel.experiments.workflows import default_model_config, train_backbone
@@ -225,7 +232,7 @@ def _train(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"nothing to resume in {args.out}: no run there (start one without --resume)")
     data = load_dataset(args.data, args.data_dir, download=args.download)
     model_config = default_model_config(data, args.branches, args.branch_dim, args.filters, args.arch, args.init)
-    train_backbone(data, args.out, model_config, config, resume=args.resume, progress=not args.quiet,
+    train_backbone(data, args.out, model_config, config, resume=args.resume, progress=_progress(args),
                    **_trainer_kwargs(args))
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
@@ -243,7 +250,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     data = load_dataset(args.data, args.data_dir, download=args.download)
     codes = encode_splits(backbone, data)
     results = evaluate_backbone(backbone, data, args.out, ns=args.n, draws=args.draws, seed=args.seed,
-                                radius=args.radius, progress=not args.quiet, codes=codes)
+                                radius=args.radius, progress=_progress(args), codes=codes)
     for result in results.values():
         print(protocol_markdown(result))
     if args.report:
@@ -257,7 +264,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     results = reproduce(args.protocol, args.out, args.data_dir, eval_data_dir=args.eval_data_dir, ns=args.n,
                         draws=args.draws, seed=args.seed, config=_train_config(args), download=args.download,
-                        progress=not args.quiet, **_trainer_kwargs(args))
+                        progress=_progress(args), **_trainer_kwargs(args))
     print((args.out / "summary.md").read_text())
     return 0 if results else 1
 
@@ -282,7 +289,7 @@ def _compare(args: argparse.Namespace) -> int:
     data = load_dataset(args.data, args.data_dir, download=args.download)
     compare(args.methods.split(","), data, args.out, backbone=backbone, n=args.n, draws=args.draws, seed=args.seed,
             small=args.small, classes=args.classes, test_size=args.test_size, device=args.device,
-            compute=not args.report_only, progress=not args.quiet)
+            compute=not args.report_only, progress=_progress(args))
     print((args.out / f"compare_{data.name}_n{args.n}.md").read_text())
     return 0
 
@@ -296,7 +303,7 @@ def _ablate(args: argparse.Namespace) -> int:
     report = ablate(data, args.out, args.layout or (Layout(16, 10),), args.lam,
                     model_config=default_model_config(data, 16, 10, args.filters, args.arch, args.init),
                     config=_train_config(args, lam=0.0), radii=args.radius, ns=args.n, draws=args.draws,
-                    seed=args.seed, progress=not args.quiet, **_trainer_kwargs(args))
+                    seed=args.seed, progress=_progress(args), **_trainer_kwargs(args))
     print(report.read_text())
     print(f"tables and charts in {args.out}")
     return 0
@@ -328,14 +335,23 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from corel.experiments.novelty import NoveltyModel, read_labels, score, write_report, write_scores
+    from corel.experiments.novelty import (
+        NoveltyModel,
+        read_label_file,
+        read_labels,
+        score,
+        write_report,
+        write_scores,
+    )
 
     model = NoveltyModel.load(args.model)
-    scored = score(model, args.images, chunk=args.chunk, strict=args.strict, progress=not args.quiet)
+    if args.labels:
+        read_label_file(args.labels)  # a bad label file fails now, not after scoring
+    scored = score(model, args.images, chunk=args.chunk, strict=args.strict, progress=_progress(args))
     labels = read_labels(args.labels, scored.names) if args.labels else None
     _report_failures(scored.failed)
-    fitted = {Path(name).resolve() for name in model.names}
-    refitted = sum(Path(name).resolve() in fitted for name in scored.names)
+    fitted = {os.path.realpath(name) for name in model.names}
+    refitted = sum(os.path.realpath(name) in fitted for name in scored.names)
     if refitted:
         logging.getLogger("corel").warning(
             "%d of the scored images are ones the model was fitted on: each also counts itself (one per branch), so "
@@ -347,7 +363,9 @@ def _score(args: argparse.Namespace) -> int:
     if labels is not None:
         from corel.experiments.reports import auroc_percent
 
-        print(f"AUROC x 100 against {args.labels}: {auroc_percent(labels, scored.scores):.2f}")
+        auroc = auroc_percent(labels, scored.scores)
+        print(f"AUROC x 100 against {args.labels}: " + (f"{auroc:.2f}" if auroc is not None else
+                                                          "undefined (every image has the same label)"))
     if args.report:
         print(f"report in {write_report(model, args.report, scored, labels)}")
     return 0

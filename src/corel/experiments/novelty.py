@@ -37,7 +37,7 @@ class NoveltyModel:
     resize: str
     train_scores: np.ndarray
     thumbnails: np.ndarray  # uint8 (k, 3, size, size), the first fitted images
-    names: list[str] = field(default_factory=list)  # every fitted image
+    names: list[str] = field(default_factory=list)  # every fitted image (files: absolute paths)
 
     def save(self, path: str | os.PathLike) -> None:
         save_checked({"detector": self.detector.to_dict(), "image_size": self.image_size, "resize": self.resize,
@@ -72,6 +72,8 @@ def fit(source: str | os.PathLike, backbone: Backbone | str | os.PathLike = "cif
     size = _image_size(backbone)
     images, names, failed = read_images(source, size, resize)
     _refuse_failures(failed, strict, len(names))
+    if Path(source).is_dir() or Path(source).suffix.lower() != ".npz":  # files: absolute, so that scoring
+        names = [os.path.abspath(name) for name in names]  # them later from another folder is recognised
     if len(images) < 2:
         raise ValueError(f"need at least 2 readable images to fit, found {len(images)} in {source}")
     detector = OneClassDetector(backbone, radius=radius, contamination=contamination, device=device).fit(images)
@@ -104,7 +106,7 @@ def score(model: NoveltyModel, source: str | os.PathLike, *, chunk: int = 1000, 
     names, scores, failed = [], [], []
     lowest: list = []  # heaps of (key, index, image): the most novel and the most normal
     highest: list = []
-    with tqdm(total=total, unit="img", desc="scoring", disable=None if progress else True, leave=False) as bar:
+    with tqdm(total=total, unit="img", desc="scoring", disable=not progress, leave=False) as bar:
         for good, pixels, bad in chunks:
             failed += bad
             if len(pixels):
@@ -136,27 +138,39 @@ def write_scores(scored: Scored, threshold: float, path: str | os.PathLike) -> N
     reports.write_csv(path, ["path", "score", "prediction", "rank"], rows)
 
 
-def read_labels(path: str | os.PathLike, names: list[str]) -> np.ndarray:
-    """Labels of scored images from a CSV with columns path and label -> (N,) bool, True = normal.
+_TRUTH = {"normal": True, "inlier": True, "1": True, "+1": True,
+          "novel": False, "outlier": False, "anomaly": False, "anomalous": False, "-1": False}
 
-    A label is normal/novel (also inlier/outlier, anomaly, anomalous) or scikit-learn's 1/-1 (1 =
-    normal); 0 and true/false are refused as ambiguous (anomaly datasets write 1 for an anomaly).
-    A path in the CSV is relative to the CSV's folder (or absolute); an image is matched by its
-    path, else by its file name where only one row has that name.  ValueError for an image
-    without a label, or whose name several rows share."""
-    truth = {"normal": True, "inlier": True, "1": True, "+1": True,
-             "novel": False, "outlier": False, "anomaly": False, "anomalous": False, "-1": False}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
-            raise ValueError(f"{path} must be a CSV with the columns path and label")
+
+def read_label_file(path: str | os.PathLike) -> dict[str, bool]:
+    """The labels of a CSV with columns path and label (any case; a UTF-8 byte-order mark, as Excel
+    writes, is skipped) -> {path as written: True = normal}.  A label is normal/novel (also
+    inlier/outlier, anomaly, anomalous) or scikit-learn's 1/-1 (1 = normal); 0 and true/false are
+    refused as ambiguous (anomaly datasets write 1 for an anomaly).  ValueError otherwise."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = [cell.strip().lower() for cell in next(reader, [])]
+        if not {"path", "label"} <= set(header):
+            raise ValueError(f"{path} must be a CSV with the columns path and label (its header: {', '.join(header)})")
+        at, label_at = header.index("path"), header.index("label")
         given: dict[str, bool] = {}
         for row in reader:
-            value = (row["label"] or "").strip().lower()
-            if value not in truth:
-                raise ValueError(f"{path}: label {row['label']!r} of {row['path']} is not one of normal/novel "
+            if not any(cell.strip() for cell in row):
+                continue
+            name, value = (row[at].strip() if len(row) > at else ""), (row[label_at] if len(row) > label_at else "")
+            if value.strip().lower() not in _TRUTH:
+                raise ValueError(f"{path}: label {value!r} of {name} is not one of normal/novel "
                                  "(or scikit-learn's 1 = normal, -1 = novel; 0 and true/false are ambiguous)")
-            given[(row["path"] or "").strip()] = truth[value]
+            given[name] = _TRUTH[value.strip().lower()]
+    return given
+
+
+def read_labels(path: str | os.PathLike, names: list[str]) -> np.ndarray:
+    """Labels of scored images ``names`` from a label file (:func:`read_label_file`) -> (N,) bool,
+    True = normal.  A path in the CSV is relative to the CSV's folder (or absolute); an image is
+    matched by its path, else by its file name where only one row has that name.  ValueError for
+    an image without a label, or whose name several rows share."""
+    given = read_label_file(path)
     folder = Path(path).parent
     by_path = {(folder / key).resolve(): value for key, value in given.items()}
     by_name: dict[str, list[bool]] = {}

@@ -221,4 +221,4 @@ def _finite_or_none(x: float) -> float | None:
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, disable=None if enabled else True, leave=False)  # None: off when not a terminal
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)

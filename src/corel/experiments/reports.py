@@ -29,14 +29,16 @@ def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[A
     atomic_write_text(path, buffer.getvalue())
 
 
-def auroc_percent(labels: np.ndarray, scores: np.ndarray) -> float:
+def auroc_percent(labels: np.ndarray, scores: np.ndarray) -> float | None:
     """AUROC x 100 of ``scores`` (higher = more normal) against ``labels`` (True = normal), one per
-    score; ValueError unless both kinds occur."""
+    score; None where all labels are alike (no ROC curve exists)."""
     from sklearn.metrics import roc_auc_score
 
     labels = np.asarray(labels, dtype=bool)
-    if labels.shape != np.shape(scores) or labels.all() or not labels.any():
-        raise ValueError("labels must be one per image with both normal and novel ones")
+    if labels.shape != np.shape(scores):
+        raise ValueError(f"need one label per image: {labels.size} labels for {np.size(scores)} images")
+    if labels.all() or not labels.any():
+        return None
     return 100 * float(roc_auc_score(labels, scores))
 
 
@@ -251,10 +253,13 @@ def html(path: str | Path, scores: np.ndarray, threshold: float, *, names: Seque
     ax.legend()
     figures["histogram"] = hist
     body.append("<h2>Scores</h2>{histogram}")
-    if labels is not None:
+    auroc = None if labels is None else auroc_percent(labels, scores)
+    if labels is not None and auroc is None:
+        kind = "normal" if np.asarray(labels).all() else "novel"
+        body.append(f"<h2>Against the labels</h2><p>Every image is labelled {kind}: no ROC curve.</p>")
+    elif labels is not None:
         from sklearn.metrics import roc_curve
 
-        auroc = auroc_percent(labels, scores)
         fpr, tpr, _ = roc_curve(labels, scores)
         roc = new_figure((4.0, 4.0))
         ax = roc.add_subplot()

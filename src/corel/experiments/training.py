@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -264,8 +263,9 @@ class _RunReport(Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:  # Lightning then exits silently
             saved = f"epoch {trainer.current_epoch} is kept" if self.checkpoint.exists() else "no epoch had finished"
-            logging.getLogger("corel").warning("interrupted in epoch %d (%s): run the same command with --resume "
-                                               "to continue", trainer.current_epoch + 1, saved)
+            logging.getLogger("corel").warning("interrupted in epoch %d (%s): the run continues from there when "
+                                               "started again (corel train: with --resume)",
+                                               trainer.current_epoch + 1, saved)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -460,7 +460,7 @@ def train(
             callbacks=[_RunReport(out / "checkpoints" / "last.ckpt")],
             plugins=[AtomicCheckpointIO()],
             enable_checkpointing=False,  # _RunReport writes the one checkpoint, atomically
-            enable_progress_bar=progress and sys.stdout.isatty(),  # Lightning's bar writes to stdout: not into logs
+            enable_progress_bar=progress,
             enable_model_summary=False,
             use_distributed_sampler=False,  # EpochShuffleSampler splits the data across devices itself
             log_every_n_steps=1,  # every value is logged per epoch; no step interval to wait for

@@ -49,7 +49,9 @@ def metric_name(metric: Metric) -> Metric:
 
 
 def check_scale(value: Any, name: str) -> float:
-    """A length in the metric's units (eta, a radius): a finite number > 0, else ValueError."""
+    """A length in the metric's units (eta, a radius): a finite number > 0 (a 0-d tensor too), else ValueError."""
+    if isinstance(value, Tensor) and value.ndim == 0 and not value.is_complex():
+        value = value.item()
     if isinstance(value, bool) or not isinstance(value, Real) or not (value > 0 and math.isfinite(value)):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)

@@ -150,6 +150,8 @@ class DiagramTargetLoss(nn.Module):
                  reduction: str = "sum"):
         super().__init__()
         _check_dimension(dimension)
+        if isinstance(target, Tensor) and target.ndim == 0:
+            target = target.item()
         if isinstance(target, bool) or not isinstance(target, Real) or not math.isfinite(target):
             raise ValueError(f"target must be a finite number, got {target!r}")
         if coordinate not in ("birth", "death"):

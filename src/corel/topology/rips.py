@@ -28,7 +28,10 @@ from corel.topology.distances import (
     check_distance_matrix,
     check_points,
     edge_lengths,
+    lp_norm,
+    measured_in,
     metric_order,
+    padded_width,
     power_of_two_scale,
 )
 from corel.topology.h0 import h0_persistence, h0_persistence_from_distances
@@ -115,22 +118,24 @@ def higher_diagrams(data: Tensor, metric: Metric | None, max_dimension: int,
     return _engine_diagrams((values / scale).numpy(), max_dimension, inside, lengths, data.device)
 
 
-# Coordinates differenced at once by _all_lengths (rows of edges times d).
-_TILE_ELEMENTS = 1 << 22
+# Coordinate differences held at once by _all_lengths (tiles of rows x n x d).
+_TILE_ELEMENTS = 1 << 20
 
 
 def _all_lengths(points: Tensor, metric: Metric) -> Tensor:
-    """(n, n) lengths of all edges of the cloud ``points`` (n, d) as :func:`edge_lengths` gives
-    them (the dimension-0 deaths' rounding), in row tiles."""
-    n, d = points.shape
-    rows = max(1, _TILE_ELEMENTS // (n * d))
-    j = torch.arange(n, device=points.device)
-    parts = []
+    """(n, n) lengths of all edges of the cloud ``points`` (n, d), bit for bit as
+    :func:`edge_lengths` gives them (the rounding of the dimension-0 deaths): the same division by
+    the cloud's power of two, differences and :func:`lp_norm`, in row tiles without gathers."""
+    p = metric_order(metric)
+    work = measured_in(points)
+    scale = power_of_two_scale(work[None])[0][0]  # (1, 1)
+    scaled = work / scale
+    n, d = work.shape
+    rows = max(1, _TILE_ELEMENTS // (n * padded_width(d)))
+    out = torch.empty(n, n, dtype=work.dtype, device=work.device)
     for r in range(0, n, rows):
-        i = torch.arange(r, min(n, r + rows), device=points.device)
-        edges = torch.stack(torch.broadcast_tensors(i[:, None], j[None, :]), dim=-1).reshape(-1, 2)
-        parts.append(edge_lengths(points, edges, metric).view(len(i), n))
-    return torch.cat(parts)
+        out[r: r + rows] = lp_norm(scaled[r: r + rows, None, :] - scaled[None, :, :], p) * scale
+    return out.to(points.dtype)
 
 
 def _per_cloud(batch: torch.Size, diagrams_of: Callable[[tuple], list[Diagram]]) -> list:

@@ -35,13 +35,16 @@ def _torchph_result(h0: H0, max_dimension: int, max_ball_diameter: float, drop_z
     max_dimension = check_max_dimension(max_dimension)
     if h0.deaths.ndim != 1:
         raise ValueError("torchph-style functions take one cloud (n, d); use h0_persistence for batches")
+    if isinstance(max_ball_diameter, Tensor) and max_ball_diameter.ndim == 0:
+        max_ball_diameter = max_ball_diameter.item()
     if isinstance(max_ball_diameter, bool) or not isinstance(max_ball_diameter, Real) or not max_ball_diameter >= 0:
         raise ValueError(f"max_ball_diameter must be a number >= 0 (0: no limit), got {max_ball_diameter!r}")
     deaths = h0.deaths
+    limited = max_ball_diameter > 0  # before rounding: a tiny bound may round to 0, which is no limit
     # torchph compares in the points' dtype: the bound rounded to it, then every dimension alike
     max_ball_diameter = float(torch.tensor(float(max_ball_diameter), dtype=deaths.dtype))
     keep = torch.ones_like(deaths, dtype=torch.bool)
-    if max_ball_diameter > 0:
+    if limited:
         keep &= deaths.double() <= max_ball_diameter
     essential_count = 1 + int((~keep).sum())
     if drop_zero_bars:
@@ -50,7 +53,7 @@ def _torchph_result(h0: H0, max_dimension: int, max_ball_diameter: float, drop_z
     non_essential = [torch.stack([torch.zeros_like(kept), kept], dim=1)]
     essential = [deaths.new_zeros(essential_count)]
     if max_dimension >= 1:
-        threshold = max_ball_diameter if max_ball_diameter > 0 else math.inf
+        threshold = max_ball_diameter if limited else math.inf
         for diagram in higher_diagrams(data, metric, max_dimension, threshold):
             non_essential.append(diagram.pairs)
             essential.append(diagram.essential)

@@ -79,7 +79,7 @@ def _download(archive: Archive, root: Path) -> Path:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(archive.url, timeout=_READ_TIMEOUT) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             received = 0
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {archive.filename}", disable=None) as bar:
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {archive.filename}") as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     md5.update(chunk)

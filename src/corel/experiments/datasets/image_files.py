@@ -171,7 +171,7 @@ def decode_image(fp: BinaryIO, size: int, resize: str = "bilinear") -> np.ndarra
 def _decode_all(files: _Files, names: list[str], size: int, resize: str, desc: str) -> np.ndarray:
     """Decodes straight into one preallocated (N, 3, size, size) uint8 array."""
     out = np.empty((len(names), 3, size, size), np.uint8)
-    for i, name in enumerate(tqdm(names, desc=desc, unit="img", mininterval=1.0, disable=None)):
+    for i, name in enumerate(tqdm(names, desc=desc, unit="img", mininterval=1.0)):
         try:
             with files.open(name) as fp:
                 out[i] = decode_image(fp, size, resize)
@@ -306,7 +306,7 @@ def image_paths(source: str | os.PathLike) -> list[Path]:
             raise ValueError(f"{source} holds {what}: expected image files ({', '.join(IMAGE_EXTENSIONS)})")
         return images
     if source.is_file() and source.suffix.lower() in LIST_SUFFIXES:
-        lines = [line.strip() for line in source.read_text().splitlines()]
+        lines = [line.strip() for line in source.read_text(encoding="utf-8-sig").splitlines()]  # Excel's BOM
         lines = [line for line in lines if line and not line.startswith("#")]
         if source.suffix.lower() == ".csv" and lines:  # e.g. the labels file of corel score
             rows = list(csv.reader(lines))
