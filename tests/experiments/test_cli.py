@@ -23,6 +23,7 @@ from corel.experiments.cli import main
     (["fit", "imgs", "--out", "."], "--out: . is a folder"),
     (["score", "m.corel", "imgs", "--out", "s.csv", "--report", "."], "--report: . is a folder"),
     (["fit", "imgs", "--out", "m.corel", "--device", "gpu0"], "--device: not a device"),
+    (["fit", "imgs", "--out", "m.corel", "--device", "meta"], "--device: meta: corel encodes on cpu, cuda or mps"),
     (["train", "--data", "digits", "--out", "x", "--resume"], "nothing to resume in x"),
 ])
 def test_bad_arguments_give_one_line_error(argv, message, capsys):
