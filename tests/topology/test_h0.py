@@ -160,6 +160,8 @@ def test_batched_equals_per_cloud(rng):
 def test_cuda_agrees_with_cpu(rng, metric, shape, backend, clustered, dtype):
     """The same tree, and the same death times bit for bit (one rounding on every device, float64
     roots corrected on the CPU), on clusters 1e-3 wide at +-100 too, where lengths tie to the last bit."""
+    if dtype == torch.float64 and shape[1] > 1000:
+        pytest.skip("float64 on the small clouds only: a lent GPU's minutes are few")
     x = rng.normal(size=shape)
     if clustered:
         x = x * 1e-3 + np.where(np.arange(shape[1]) % 2, 100.0, -100.0)[:, None]
