@@ -104,13 +104,13 @@ def test_the_engine_sees_the_lengths_corel_reports(rng, monkeypatch, dtype, metr
     """The matrix giotto-ph pairs on (and the threshold decides on) is edge_lengths bit for bit,
     computed in row tiles of the scaled cloud (through edge_lengths it took 5-12 s and 1.6-3.7 GB
     at n = 2,000, d = 160, where torch.cdist took 0.22 s)."""
-    from corel.topology import rips
+    from corel.topology import distances
 
-    monkeypatch.setattr(rips, "_TILE_ELEMENTS", 7 * 40 * 40)  # tiles of a few rows
+    monkeypatch.setattr(distances, "PAIRWISE_TILE_ELEMENTS", 7 * 40 * 40)  # tiles of a few rows (d padded to 40)
     x = torch.from_numpy(rng.normal(size=(40, 37)) * 10.0 ** rng.integers(-3, 3, size=(40, 1))).to(dtype)
     i, j = torch.meshgrid(torch.arange(40), torch.arange(40), indexing="ij")
     want = edge_lengths(x, torch.stack([i, j], dim=-1).reshape(-1, 2), metric).view(40, 40)
-    assert torch.equal(rips._all_lengths(x, metric), want)
+    assert torch.equal(distances.all_lengths(x, metric), want)
 
 
 def test_without_threshold_only_one_essential_class(rng):

@@ -12,9 +12,9 @@ from torch import Tensor
 
 Metric = Union[str, float, int]
 
-# Differences in one row tile (rows, n, d) of pairwise_distances under another p; its backward
-# keeps about seven such temporaries alive (4 MB each in float32).  At n = 2,000, d = 64 on one
-# CPU thread, tiles of 2**21 to 2**24 entries left 0.6 to 1.2 GB resident (the allocator keeps
+# Differences in one row tile (rows, n, d) of pairwise_distances under another p and of
+# all_lengths; the pairwise backward keeps about seven such temporaries alive (4 MB each in
+# float32).  At n = 2,000, d = 64 on one CPU thread, tiles of 2**21 to 2**24 entries left 0.6 to 1.2 GB resident (the allocator keeps
 # the freed tiles) and ran at most 1.6x faster; 2**20 stayed at 70 MB.
 PAIRWISE_TILE_ELEMENTS = 1 << 20
 
@@ -48,10 +48,23 @@ def metric_name(metric: Metric) -> Metric:
     return {1.0: "l1", 2.0: "l2", math.inf: "linf"}.get(p, p)
 
 
+def plain_number(value: Any) -> Any:
+    """A 0-d real tensor as its Python number (for parameters users pass as tensors); anything
+    else as it is."""
+    if isinstance(value, Tensor) and value.ndim == 0 and not value.is_complex():
+        return value.item()
+    return value
+
+
+def traced(x: Tensor) -> bool:
+    """Whether ``x`` flows through torch.compile or a torch.func transform (vmap, jacrev, grad):
+    there nothing may read a value on the host, and compiled kernels cannot see the data."""
+    return torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
 def check_scale(value: Any, name: str) -> float:
     """A length in the metric's units (eta, a radius): a finite number > 0 (a 0-d tensor too), else ValueError."""
-    if isinstance(value, Tensor) and value.ndim == 0 and not value.is_complex():
-        value = value.item()
+    value = plain_number(value)
     if isinstance(value, bool) or not isinstance(value, Real) or not (value > 0 and math.isfinite(value)):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
@@ -260,8 +273,7 @@ def edge_lengths(x: Tensor, edges: Tensor, metric: Metric = "l1") -> Tensor:
         raise ValueError(f"edges must have shape (..., k, 2) with the points' leading dimensions "
                          f"{tuple(x.shape[:-2])}, got {tuple(edges.shape)}")
     n, d = x.shape[-2:]
-    # a data-dependent branch: not inside a graph, nor on edges a torch.func transform wraps
-    if edges.numel() and not (torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(edges)):
+    if edges.numel() and not traced(edges):  # a data-dependent branch: not inside a graph or a transform
         low, high = torch.aminmax(edges)
         if low < 0 or high >= n:
             raise ValueError(f"edges index vertices {int(low)}..{int(high)}, outside 0..{n - 1}")
@@ -341,8 +353,26 @@ def _edge_gradient(scaled: Tensor, edges: Tensor, lengths: Tensor | None, p: flo
 
 def _row_tiles(x: Tensor) -> range:
     """Starts of the row tiles of clouds ``x`` (..., n, d) whose differences to all n points take
-    at most PAIRWISE_TILE_ELEMENTS entries (a tile of rows r holds r * x.numel())."""
-    return range(0, x.shape[-2], max(1, PAIRWISE_TILE_ELEMENTS // x.numel()))
+    at most PAIRWISE_TILE_ELEMENTS entries, d counted as the fixed order pads it (a tile of r rows
+    holds r * x.numel() entries, padded)."""
+    per_row = x.numel() // x.shape[-1] * padded_width(x.shape[-1])
+    return range(0, x.shape[-2], max(1, PAIRWISE_TILE_ELEMENTS // per_row))
+
+
+def all_lengths(points: Tensor, metric: Metric) -> Tensor:
+    """(n, n) lengths of all edges of the cloud ``points`` (n, d), bit for bit as
+    :func:`edge_lengths` gives them (the rounding of the death times): the same division by the
+    cloud's power of two, differences and :func:`lp_norm`, in row tiles without gathers; no
+    autograd."""
+    p = metric_order(metric)
+    work = measured_in(points.detach())
+    scale = power_of_two_scale(work[None])[0][0]  # (1, 1)
+    scaled = work / scale
+    starts = _row_tiles(work)
+    out = torch.empty(work.shape[0], work.shape[0], dtype=work.dtype, device=work.device)
+    for r in starts:
+        out[r: r + starts.step] = lp_norm(scaled[r: r + starts.step, None, :] - scaled[None, :, :], p) * scale
+    return out.to(points.dtype)
 
 
 class _TiledLengths(torch.autograd.Function):

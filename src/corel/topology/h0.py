@@ -36,6 +36,7 @@ from corel.topology.distances import (
     measured_in,
     metric_order,
     power_of_two_scale,
+    traced,
 )
 
 BACKENDS = ("auto", "native", "torch", "triton")
@@ -61,18 +62,12 @@ def check_backend(backend: str) -> None:
         check_device()
 
 
-def _traced(x: Tensor) -> bool:
-    """Whether ``x`` flows through torch.compile or a torch.func transform (vmap, jacrev, grad):
-    there nothing may read a value on the host, and the compiled kernel cannot see the data."""
-    return torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(x)
-
-
 def _engine(data: Tensor, backend: str) -> str:
     """"native", "torch" or "triton": "auto" is the compiled kernel on CPU and Borůvka on other
-    devices and where ``data`` is traced (:func:`_traced`)."""
+    devices and where ``data`` is traced (:func:`~corel.topology.distances.traced`)."""
     _known(backend)
     if backend == "auto":
-        return "native" if data.device.type == "cpu" and not _traced(data) else "torch"
+        return "native" if data.device.type == "cpu" and not traced(data) else "torch"
     if backend == "native" and torch._C._functorch.is_functorch_wrapped_tensor(data):
         raise ValueError("backend 'native' cannot run under torch.func transforms; use 'auto' or 'torch'")
     return backend
@@ -146,7 +141,7 @@ def h0_persistence(points: Tensor, metric: Metric = "l1", *, backend: str = "aut
     *batch, n, d = points.shape
     # Under torch.compile and torch.func the checks that need the host are left out too, so the
     # fixed rounds trace into one graph.
-    checked = check and not _traced(points)
+    checked = check and not traced(points)
     if n == 1 or points.numel() == 0:
         if checked:
             check_finite(points, "points")

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from corel.topology.diagram import Diagram, persistence_pairs
-from corel.topology.distances import Metric, check_scale, metric_order
+from corel.topology.distances import Metric, check_scale, metric_order, plain_number
 from corel.topology.h0 import BACKENDS, h0_persistence
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -150,8 +150,7 @@ class DiagramTargetLoss(nn.Module):
                  reduction: str = "sum"):
         super().__init__()
         _check_dimension(dimension)
-        if isinstance(target, Tensor) and target.ndim == 0:
-            target = target.item()
+        target = plain_number(target)
         if isinstance(target, bool) or not isinstance(target, Real) or not math.isfinite(target):
             raise ValueError(f"target must be a finite number, got {target!r}")
         if coordinate not in ("birth", "death"):

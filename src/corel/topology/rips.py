@@ -26,12 +26,10 @@ from corel.topology.diagram import H0, Diagram
 from corel.topology.distances import (
     Metric,
     check_distance_matrix,
+    all_lengths,
     check_points,
     edge_lengths,
-    lp_norm,
-    measured_in,
     metric_order,
-    padded_width,
     power_of_two_scale,
 )
 from corel.topology.h0 import h0_persistence, h0_persistence_from_distances
@@ -109,33 +107,13 @@ def higher_diagrams(data: Tensor, metric: Metric | None, max_dimension: int,
         def lengths(edges: Tensor) -> Tensor:
             return edge_lengths(data, edges, metric)
 
-        values = _all_lengths(data.detach(), metric)  # the values births and deaths are gathered from
+        values = all_lengths(data, metric)  # the values births and deaths are gathered from
     values = values.to(device="cpu", dtype=torch.float64)
     inside = None if threshold == math.inf else (values <= threshold).numpy()  # exact, as in dimension 0
     # the engine sees the values divided by a power of two (exact), near 1: it works in float32,
     # where 1e-163 or 1e150 would come out 0 or inf
     scale = float(power_of_two_scale(values[None, :, :])[0])
     return _engine_diagrams((values / scale).numpy(), max_dimension, inside, lengths, data.device)
-
-
-# Coordinate differences held at once by _all_lengths (tiles of rows x n x d).
-_TILE_ELEMENTS = 1 << 20
-
-
-def _all_lengths(points: Tensor, metric: Metric) -> Tensor:
-    """(n, n) lengths of all edges of the cloud ``points`` (n, d), bit for bit as
-    :func:`edge_lengths` gives them (the rounding of the dimension-0 deaths): the same division by
-    the cloud's power of two, differences and :func:`lp_norm`, in row tiles without gathers."""
-    p = metric_order(metric)
-    work = measured_in(points)
-    scale = power_of_two_scale(work[None])[0][0]  # (1, 1)
-    scaled = work / scale
-    n, d = work.shape
-    rows = max(1, _TILE_ELEMENTS // (n * padded_width(d)))
-    out = torch.empty(n, n, dtype=work.dtype, device=work.device)
-    for r in range(0, n, rows):
-        out[r: r + rows] = lp_norm(scaled[r: r + rows, None, :] - scaled[None, :, :], p) * scale
-    return out.to(points.dtype)
 
 
 def _per_cloud(batch: torch.Size, diagrams_of: Callable[[tuple], list[Diagram]]) -> list:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from corel.topology.diagram import H0
-from corel.topology.distances import Metric
+from corel.topology.distances import Metric, plain_number
 from corel.topology.h0 import h0_persistence, h0_persistence_from_distances
 from corel.topology.rips import check_max_dimension, higher_diagrams
 
@@ -35,8 +35,7 @@ def _torchph_result(h0: H0, max_dimension: int, max_ball_diameter: float, drop_z
     max_dimension = check_max_dimension(max_dimension)
     if h0.deaths.ndim != 1:
         raise ValueError("torchph-style functions take one cloud (n, d); use h0_persistence for batches")
-    if isinstance(max_ball_diameter, Tensor) and max_ball_diameter.ndim == 0:
-        max_ball_diameter = max_ball_diameter.item()
+    max_ball_diameter = plain_number(max_ball_diameter)
     if isinstance(max_ball_diameter, bool) or not isinstance(max_ball_diameter, Real) or not max_ball_diameter >= 0:
         raise ValueError(f"max_ball_diameter must be a number >= 0 (0: no limit), got {max_ball_diameter!r}")
     deaths = h0.deaths
