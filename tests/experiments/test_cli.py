@@ -41,11 +41,8 @@ def test_bad_arguments_give_one_line_error(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_an_interruption_says_how_to_continue(monkeypatch, tmp_path, capsys, caplog):
-    import logging
-    from types import SimpleNamespace
-
-    from corel.experiments import training, workflows
+def test_an_interruption_says_how_to_continue(monkeypatch, tmp_path, capsys):
+    from corel.experiments import ablation, workflows
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -54,11 +51,10 @@ def test_an_interruption_says_how_to_continue(monkeypatch, tmp_path, capsys, cap
     with pytest.raises(SystemExit) as exit_info:
         main(["demo", "--out", str(tmp_path)])
     assert exit_info.value.code == 130 and "corel demo: interrupted" in capsys.readouterr().err
-    # training: Lightning catches the interruption, tells the callbacks and exits by itself
-    report = training._RunReport(tmp_path / "last.ckpt")
-    with caplog.at_level(logging.WARNING, logger="corel"):
-        report.on_exception(SimpleNamespace(is_global_zero=True, current_epoch=3), None, KeyboardInterrupt())
-    assert "interrupted in epoch 4 (no epoch had finished): the run continues from there when started again" in caplog.text
+    monkeypatch.setattr(ablation, "ablate", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ablate", "--data", "digits", "--out", str(tmp_path)])
+    assert exit_info.value.code == 130 and "kept in --out: run the same command" in capsys.readouterr().err
 
 
 def test_help_states_the_defaults(capsys):

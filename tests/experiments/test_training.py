@@ -4,6 +4,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,29 @@ def test_resume_equals_uninterrupted(tmp_path, digits):
     resumed = run(digits, tmp_path / "b", epochs=3, resume=True)
     for (k, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         torch.testing.assert_close(a, b, msg=k)
+
+
+def test_an_interruption_raises_keyboard_interrupt_and_resumes(tmp_path, digits, monkeypatch, caplog):
+    """Lightning answers Ctrl-C with sys.exit(1) and ignores SIGINT from then on; train() raises
+    KeyboardInterrupt with the handler it found, says where it stopped, and the run resumes."""
+    step = ConnectivityAutoencoder.training_step
+
+    def interrupted_in_second_epoch(self, batch, batch_idx):
+        if self.current_epoch == 1:
+            raise KeyboardInterrupt
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(ConnectivityAutoencoder, "training_step", interrupted_in_second_epoch)
+    handler = signal.getsignal(signal.SIGINT)
+    with caplog.at_level(logging.WARNING, logger="corel"), pytest.raises(KeyboardInterrupt):
+        run(digits, tmp_path / "run", epochs=3)
+    assert signal.getsignal(signal.SIGINT) is handler
+    assert "interrupted in epoch 2 (epoch 1 is kept)" in caplog.text
+    monkeypatch.undo()
+    resumed = run(digits, tmp_path / "run", epochs=3, resume=True)
+    straight = run(digits, tmp_path / "straight", epochs=3)
+    for (k, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), k
 
 
 @pytest.mark.parametrize("backend", ENGINES[1:])

@@ -570,10 +570,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, ImportError) as e:
         parser.exit(2, f"corel {args.command}: error: {e}\n")
-    except KeyboardInterrupt:  # (training reports its own interruption and exits through Lightning)
-        again = {"train": "run it again with --resume to continue", "evaluate": "", "fit": "", "score": "",
-                 "demo": ""}.get(args.command, "finished work is kept in --out: run the same command to continue")
-        parser.exit(130, f"corel {args.command}: interrupted{'; ' + again if again else ''}\n")
+    except KeyboardInterrupt:  # (an interrupted training has said where it stopped and how to go on)
+        kept = args.command not in {"train", "evaluate", "fit", "score", "demo"}
+        again = "; finished work is kept in --out: run the same command to continue" if kept else ""
+        parser.exit(130, f"corel {args.command}: interrupted{again}\n")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import hashlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -247,6 +249,7 @@ class _RunReport(Callback):
 
     def __init__(self, checkpoint: Path) -> None:
         self.checkpoint = checkpoint
+        self.interrupted = False
         self._start = 0.0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -261,7 +264,8 @@ class _RunReport(Callback):
         trainer.save_checkpoint(self.checkpoint)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:  # Lightning then exits silently
+        self.interrupted = isinstance(exception, KeyboardInterrupt)
+        if self.interrupted and trainer.is_global_zero:  # the one place that knows the epoch
             saved = f"epoch {trainer.current_epoch} is kept" if self.checkpoint.exists() else "no epoch had finished"
             logging.getLogger("corel").warning("interrupted in epoch %d (%s): the run continues from there when "
                                                "started again (corel train: with --resume)",
@@ -342,6 +346,24 @@ def quiet_lightning() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _interruption_raised(report: _RunReport) -> Iterator[None]:
+    """Ctrl-C leaves the block as KeyboardInterrupt, with the SIGINT handler it found.  Lightning
+    answers Ctrl-C by ignoring SIGINT for the rest of the process and calling ``sys.exit(1)``: a
+    notebook's kernel could no longer be interrupted, and the CLI exited 1 instead of 130."""
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    handler = signal.getsignal(signal.SIGINT) if main_thread else None
+    try:
+        yield
+    except SystemExit:
+        if not report.interrupted:
+            raise
+        raise KeyboardInterrupt from None
+    finally:
+        if main_thread and handler is not None:
+            signal.signal(signal.SIGINT, handler)
 
 
 @contextlib.contextmanager
@@ -448,7 +470,8 @@ def train(
                                      h0_backend)
     module.run_record = {"settings": settings}
     data = ImageDataModule(images, config.batch_size, config.seed)
-    with quiet_lightning(), _torch_flags_kept():
+    report = _RunReport(out / "checkpoints" / "last.ckpt")
+    with quiet_lightning(), _torch_flags_kept(), _interruption_raised(report):
         trainer = L.Trainer(
             max_epochs=config.epochs,
             accelerator=accelerator,
@@ -457,7 +480,7 @@ def train(
             strategy=strategy,
             # a fresh logs/version_k per (re)start: the CSV logger would otherwise delete earlier rows
             logger=CSVLogger(out, name="logs"),
-            callbacks=[_RunReport(out / "checkpoints" / "last.ckpt")],
+            callbacks=[report],
             plugins=[AtomicCheckpointIO()],
             enable_checkpointing=False,  # _RunReport writes the one checkpoint, atomically
             enable_progress_bar=progress,
