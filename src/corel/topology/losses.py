@@ -28,7 +28,8 @@ class ConnectivityLoss(nn.Module):
     ``backend`` chooses the H0 engine and ``check=False`` leaves out its checks that wait for the
     device, NaN or inf codes then giving a NaN loss (:func:`~corel.topology.h0.h0_persistence`).
     The module compiles into one graph (``torch.compile(loss, fullgraph=True)``; on a GPU
-    ``mode="reduce-overhead"`` is meant to replay it as one CUDA graph: not yet run on a GPU), where NaN codes give a NaN loss.
+    ``mode="reduce-overhead"`` is meant to replay it as one CUDA graph, not yet run on one), where
+    NaN codes give a NaN loss.
 
     Zero-length bars are kept: codes that coincide within a branch each add a death time of 0,
     so the value is ``eta`` higher per duplicate code and branch than with the authors' torchph
