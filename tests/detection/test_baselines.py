@@ -246,3 +246,16 @@ def test_bad_parameters_are_rejected(name, params, message, problem):
 def test_geom_needs_square_images():
     with pytest.raises(ValueError, match="square"):
         GEOM(net="small", epochs=1).fit(np.zeros((4, 3, 8, 16), np.uint8))
+
+
+def test_a_failed_refit_leaves_the_fitted_detector_as_it_was(problem):
+    """The input shape was set before the parameters were checked: a refit on 16x16 images with bad
+    epochs left input_shape_ at 16x16 beside the 8x8 network, so the 8x8 test images were refused."""
+    train, test, _ = problem
+    detector = DSEBM(epochs=1, batch_size=16).fit(train)
+    before, offset = detector.score_samples(test), detector.offset_
+    detector.set_params(epochs=0)
+    with pytest.raises(ValueError, match="epochs"):
+        detector.fit(np.zeros((4, 3, 16, 16), np.uint8))
+    assert detector.input_shape_ == (3, SIDE, SIDE) and detector.offset_ == offset
+    assert np.array_equal(detector.score_samples(test), before)

@@ -142,3 +142,24 @@ def test_bad_input():
     det.fit(np.zeros((3, 16, 10), np.float32))
     with pytest.raises(ValueError, match="match"):
         det.score_samples(np.zeros((3, 16, 5), np.float32))
+
+
+def test_a_failed_refit_leaves_the_fitted_detector_as_it_was():
+    """The radius was set before the new codes were checked: after a refit that raised, the old codes
+    and offset were scored with the new radius."""
+    rng = np.random.default_rng(2)
+    codes, test = rng.normal(size=(30, 4, 3)).astype(np.float32), rng.normal(size=(20, 4, 3)).astype(np.float32)
+    det = OneClassDetector(None, radius=1.0).fit(codes)
+    want = brute_force(torch.from_numpy(test), torch.from_numpy(codes), 1.0, 1).numpy()
+    assert np.array_equal(det.score_samples(test), want)
+    offset = det.offset_
+    det.set_params(radius=5.0)
+    with pytest.raises(ValueError, match="NaN"):
+        det.fit(np.full((3, 4, 3), np.nan, np.float32))
+    assert det.radius_ == 1.0 and det.offset_ == offset and np.array_equal(det.score_samples(test), want)
+    with pytest.raises(ValueError, match="contamination"):
+        OneClassDetector(None, contamination=0.7).fit(codes)
+    fresh = OneClassDetector(None, contamination=0.7)
+    with pytest.raises(ValueError, match="contamination"):
+        fresh.fit(codes)
+    assert not hasattr(fresh, "codes_")  # a first fit that failed leaves it unfitted

@@ -49,10 +49,19 @@ class BaseDetector(OutlierMixin, BaseEstimator, ABC):
     contamination: float
 
     def fit(self, X: Any, y: None = None) -> "BaseDetector":
-        """Learns the class from its samples ``X``; ``y`` is ignored (one-class)."""
-        contamination = check_contamination(self.contamination)
-        self.train_scores_ = np.asarray(self._fit(X), dtype=np.float64)
-        self.offset_ = offset_from_scores(self.train_scores_, contamination)
+        """Learns the class from its samples ``X``; ``y`` is ignored (one-class).  A fit that raises
+        leaves the detector as it was: ``_fit`` sets its state piece by piece, and a refit that failed
+        halfway (bad input, bad parameter) would otherwise score with the new radius or input shape
+        against the old codes, network and offset."""
+        before = dict(vars(self))
+        try:
+            contamination = check_contamination(self.contamination)
+            self.train_scores_ = np.asarray(self._fit(X), dtype=np.float64)
+            self.offset_ = offset_from_scores(self.train_scores_, contamination)
+        except BaseException:
+            vars(self).clear()
+            vars(self).update(before)
+            raise
         return self
 
     def fit_predict(self, X: Any, y: None = None) -> np.ndarray:
