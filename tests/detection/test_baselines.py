@@ -259,3 +259,15 @@ def test_a_failed_refit_leaves_the_fitted_detector_as_it_was(problem):
         detector.fit(np.zeros((4, 3, 16, 16), np.uint8))
     assert detector.input_shape_ == (3, SIDE, SIDE) and detector.offset_ == offset
     assert np.array_equal(detector.score_samples(test), before)
+
+
+@pytest.mark.parametrize("name, fitted, other", [("dsebm", "energy", "reconstruction"), ("geom", "simple", "dirichlet")])
+def test_the_score_is_the_one_fitted(name, fitted, other, problem):
+    """``score`` was read at scoring time: set_params after fit silently switched DSEBM's score (an
+    invalid name gave the reconstruction score) and made GEOM's "simple" fit raise AttributeError."""
+    train, test, _ = problem
+    detector = BASELINES[name](**{**FAST[name], "epochs": 1}, score=fitted).fit(train)
+    before = detector.score_samples(test)
+    for changed in (other, "max"):
+        detector.set_params(score=changed)
+        assert np.array_equal(detector.score_samples(test), before)

@@ -70,6 +70,7 @@ class DSEBM(BaselineDetector):
             raise ValueError(f"score must be 'energy' or 'reconstruction', got {self.score!r}")
         if self.noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
+        self.score_ = self.score  # fixed at fit, as every parameter (set_params after fit changes nothing)
         self.model_ = EnergyModel(self.input_shape_, self.code_dim).to(self.device_)
 
         def score_matching(x: Tensor) -> Tensor:
@@ -89,7 +90,7 @@ class DSEBM(BaselineDetector):
 
         def score(x: Tensor) -> Tensor:
             x = to_signed(x)
-            if self.score == "energy":
+            if self.score_ == "energy":
                 with torch.no_grad():
                     return -self.model_(x)
             return -self.model_.energy_gradient(x).pow(2).flatten(1).sum(dim=1)

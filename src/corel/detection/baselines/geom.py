@@ -216,6 +216,7 @@ class GEOM(BaselineDetector):
         check_positive(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
         if self.score not in ("dirichlet", "simple"):
             raise ValueError(f"score must be 'dirichlet' or 'simple', got {self.score!r}")
+        self.score_ = self.score  # fixed at fit: the Dirichlet fit below exists only for "dirichlet"
         channels, height, width = self.input_shape_
         if height != width:
             raise ValueError(f"GEOM rotates by quarter turns and needs square images, got {height}x{width}")
@@ -241,7 +242,7 @@ class GEOM(BaselineDetector):
         train(self.network_, loss, torch.arange(len(images) * t_count, device=self.device_), optimizer, self.epochs,
               self.batch_size, generator, verbose=self.verbose, name="GEOM")
         self.network_.eval()
-        if self.score == "dirichlet":
+        if self.score_ == "dirichlet":
             self.alpha_ = fit_dirichlet(self._log_probs(images).double().numpy())  # (72 transformations, 72)
             self.log_normalizer_ = gammaln(self.alpha_.sum(axis=1)) - gammaln(self.alpha_).sum(axis=1)  # (72,)
 
@@ -259,7 +260,7 @@ class GEOM(BaselineDetector):
 
     def _score(self, images: Tensor) -> Tensor:
         log_p = self._log_probs(images).double()
-        if self.score == "simple":
+        if self.score_ == "simple":
             return log_p.diagonal(dim1=1, dim2=2).sum(dim=1)
         alpha = torch.from_numpy(self.alpha_)
         return ((alpha - 1) * log_p).sum(dim=(1, 2)) + float(self.log_normalizer_.sum())
