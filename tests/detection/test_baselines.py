@@ -261,13 +261,20 @@ def test_a_failed_refit_leaves_the_fitted_detector_as_it_was(problem):
     assert np.array_equal(detector.score_samples(test), before)
 
 
-@pytest.mark.parametrize("name, fitted, other", [("dsebm", "energy", "reconstruction"), ("geom", "simple", "dirichlet")])
-def test_the_score_is_the_one_fitted(name, fitted, other, problem):
-    """``score`` was read at scoring time: set_params after fit silently switched DSEBM's score (an
-    invalid name gave the reconstruction score) and made GEOM's "simple" fit raise AttributeError."""
+@pytest.mark.parametrize("name, fitted, changes", [
+    ("dsebm", {"score": "energy"}, [{"score": "reconstruction"}, {"score": "max"}]),
+    ("geom", {"score": "simple"}, [{"score": "dirichlet"}]),
+    ("ocsvm_cae", {}, [{"encoder": lambda x: x.mean(dim=(2, 3))}]),
+    ("dagmm", {}, [{"latent_dim": 3}]),
+])
+def test_scores_follow_the_fitted_parameters(name, fitted, changes, problem):
+    """Parameters were read at scoring time: set_params after fit silently switched DSEBM's score (an
+    invalid name gave the reconstruction score), made GEOM's "simple" fit raise AttributeError, fed
+    the trained CAE [0, 1] instead of [-1, 1] images and split DAGMM's (z, memberships) columns at
+    the wrong place."""
     train, test, _ = problem
-    detector = BASELINES[name](**{**FAST[name], "epochs": 1}, score=fitted).fit(train)
+    detector = BASELINES[name](**{**FAST[name], "epochs": 1}, **fitted).fit(train)
     before = detector.score_samples(test)
-    for changed in (other, "max"):
-        detector.set_params(score=changed)
+    for params in changes:
+        detector.set_params(**params)
         assert np.array_equal(detector.score_samples(test), before)

@@ -24,6 +24,7 @@ class DAGMMNetwork(nn.Module):
 
     def __init__(self, input_shape: tuple[int, int, int], latent_dim: int = 5, components: int = 3):
         super().__init__()
+        self.z_dim = latent_dim + 2
         self.encoder = ConvEncoder(input_shape, latent_dim, None)
         self.decoder = ConvDecoder(input_shape, latent_dim)
         self.estimation = nn.Sequential(
@@ -131,7 +132,7 @@ class DAGMM(BaselineDetector):
         self.network_.eval()
         both = in_batches(lambda x: torch.cat(self.network_(to_signed(x))[1:], dim=1), images, 1000, self.device_)
         both = both.double()
-        return both[:, : self.latent_dim + 2], both[:, self.latent_dim + 2:]
+        return both[:, : self.network_.z_dim], both[:, self.network_.z_dim:]
 
     def _score(self, images: Tensor) -> Tensor:
         z, _ = self._latent(images)

@@ -77,16 +77,16 @@ class OCSVMCAE(BaselineDetector):
                   verbose=self.verbose, name="CAE")
         else:
             self.encoder_ = self.encoder
+        self.own_encoder_ = self.encoder is None  # its autoencoder takes [-1, 1] images, a given encoder [0, 1]
         self.svm_ = OneClassSVM(kernel="rbf", nu=self.nu, gamma=self.gamma).fit(self._codes(images))
 
     @torch.no_grad()
     def _codes(self, images: Tensor) -> np.ndarray:
         if isinstance(self.encoder_, nn.Module):
             self.encoder_.eval()
-        own = self.encoder is None
 
         def encode(x: Tensor) -> Tensor:
-            return torch.as_tensor(self.encoder_(to_signed(x) if own else x)).reshape(len(x), -1).float()
+            return torch.as_tensor(self.encoder_(to_signed(x) if self.own_encoder_ else x)).reshape(len(x), -1).float()
 
         codes = in_batches(encode, images, 1000, self.device_).double().numpy()
         if not np.isfinite(codes).all():
