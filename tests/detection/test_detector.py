@@ -163,3 +163,48 @@ def test_a_failed_refit_leaves_the_fitted_detector_as_it_was():
     with pytest.raises(ValueError, match="contamination"):
         fresh.fit(codes)
     assert not hasattr(fresh, "codes_")  # a first fit that failed leaves it unfitted
+
+
+@pytest.mark.parametrize("fitted, queried", [(torch.float32, torch.float64), (torch.float16, torch.float32),
+                                             (torch.bfloat16, torch.float64)])
+def test_queries_are_not_rounded_to_the_codes_dtype(fitted, queried):
+    """Queries were cast to the fitted codes' dtype first: a float64 query 2**-40 beyond the radius
+    of a float32 code rounded onto it and counted.  The brute force compares the queries as given
+    with the codes as stored, in float64; integers nudged by powers of two the query dtype holds
+    keep every sum exact, so any rounding of the queries shows."""
+    g = torch.Generator().manual_seed(3)
+    codes = torch.randint(-3, 4, (40, 2, 3), generator=g).to(fitted)
+    tiny = 2.0 ** (-40 if queried == torch.float64 else -20)  # below the codes' precision, within the queries'
+    nudge = torch.tensor([-2.0 ** -10, 2.0 ** -10, -tiny, tiny], dtype=torch.float64)
+    nudge = nudge[torch.randint(0, 4, (300, 2, 3), generator=g)]
+    queries = (torch.randint(-3, 4, (300, 2, 3), generator=g) + nudge).to(queried)
+    det = OneClassDetector(None, radius=2.0, branches=2).fit(codes)
+    for p, metric in ((1, "l1"), (2, "l2"), (float("inf"), "linf")):
+        det.set_params(metric=metric).fit(codes)
+        want = brute_force(queries.double(), codes.double(), 2.0, p).numpy()
+        assert np.array_equal(det.score_samples(queries), want)
+
+
+def test_flat_queries_split_into_the_fitted_branches():
+    """Flat (N, D) queries were split into the ``branches`` parameter (16) even when the detector
+    was fitted on (n, 4, 3) codes, so they were refused as not splitting into 16 branches."""
+    rng = np.random.default_rng(4)
+    codes, test = rng.normal(size=(30, 4, 3)).astype(np.float32), rng.normal(size=(20, 4, 3)).astype(np.float32)
+    det = OneClassDetector(None, radius=2.0).fit(codes)
+    assert np.array_equal(det.score_samples(test.reshape(20, 12)), det.score_samples(test))
+    with pytest.raises(ValueError, match="does not split into 4 branches"):
+        det.score_samples(np.zeros((2, 10), np.float32))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_codes_on_the_gpu():
+    """Fitting on CUDA codes converted the counts to numpy on the GPU (TypeError), and CUDA queries
+    met CPU codes in one torch operation."""
+    g = torch.Generator().manual_seed(5)
+    codes, test = torch.randn(30, 4, 3, generator=g), torch.randn(20, 4, 3, generator=g)
+    want = brute_force(test, codes, 2.0, 1).numpy()
+    on_gpu = OneClassDetector(None, radius=2.0).fit(codes.cuda())
+    on_cpu = OneClassDetector(None, radius=2.0).fit(codes)
+    for det in (on_gpu, on_cpu):
+        assert np.array_equal(det.score_samples(test.cuda()), want) and np.array_equal(det.score_samples(test), want)
+    assert np.array_equal(on_gpu.train_scores_, on_cpu.train_scores_)

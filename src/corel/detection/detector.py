@@ -165,7 +165,9 @@ class OneClassDetector(BaseDetector):
         self.chunk_size = chunk_size
         self.device = device
 
-    def _codes(self, X: Any) -> Tensor:
+    def _codes(self, X: Any, branches: int) -> Tensor:
+        """Codes (N, branches, dim) of X: images encoded by the backbone, or codes as given, flat
+        ones (N, D) split into ``branches``."""
         if self.backbone_ is not None:
             return self.backbone_.encode(X, batch_size=self.batch_size, device=self.device)
         if not isinstance(X, (np.ndarray, Tensor)):
@@ -178,9 +180,9 @@ class OneClassDetector(BaseDetector):
         if codes.shape[0] == 0:
             raise ValueError("no codes given (N = 0)")
         if codes.ndim == 2:
-            if codes.shape[1] % self.branches:
-                raise ValueError(f"code dimension {codes.shape[1]} does not split into {self.branches} branches")
-            codes = codes.reshape(codes.shape[0], self.branches, -1)
+            if codes.shape[1] % branches:
+                raise ValueError(f"code dimension {codes.shape[1]} does not split into {branches} branches")
+            codes = codes.reshape(codes.shape[0], branches, -1)
         if not torch.isfinite(codes).all():
             raise ValueError("codes contain NaN or inf values")
         return codes
@@ -195,18 +197,22 @@ class OneClassDetector(BaseDetector):
         self.radius_ = check_scale(self.radius if self.radius is not None else default_radius, "radius")
         default_metric = self.backbone_.metric if self.backbone_ is not None else "l1"
         self.metric_ = metric_name(self.metric if self.metric is not None else default_metric)
-        self.codes_ = self._codes(X)
+        self.codes_ = self._codes(X, self.branches)
         # leave-one-out training scores: every sample finds itself once per branch
         own = count_within(self.codes_, self.codes_, self.radius_, self.metric_, self.chunk_size) - self.codes_.shape[1]
-        return own.numpy()
+        return own.cpu().numpy()
 
     def _score_samples(self, X: Any) -> np.ndarray:
         """(N,) number of class codes within radius of each sample's code, summed over branches;
-        higher = more normal."""
-        codes = self._codes(X)
+        higher = more normal.  Flat codes split into the fitted branches."""
+        codes = self._codes(X, self.codes_.shape[1])
         if codes.shape[1:] != self.codes_.shape[1:]:
             raise ValueError(f"codes of shape {tuple(codes.shape[1:])} do not match the fitted {tuple(self.codes_.shape[1:])}")
-        return count_within(codes.to(self.codes_.dtype), self.codes_, self.radius_, self.metric_, self.chunk_size).numpy()
+        # both in the wider dtype: rounding float64 queries to float32 codes (or float32 ones to
+        # float16 codes) moved queries across the radius; counted where the class codes are
+        dtype = torch.promote_types(codes.dtype, self.codes_.dtype)
+        return count_within(codes.to(self.codes_.device, dtype), self.codes_.to(dtype), self.radius_, self.metric_,
+                            self.chunk_size).cpu().numpy()
 
     def to_dict(self) -> dict[str, Any]:
         """The fitted detector as plain types and CPU tensors, backbone included."""
