@@ -103,3 +103,13 @@ def test_a_loaded_detector_is_validated(tmp_path, field, value, message):
     save_checked(content, tmp_path / "bad.corel", format=FORMAT, version=VERSION)
     with pytest.raises(ValueError, match="not a valid detector file"):
         OneClassDetector.load(tmp_path / "bad.corel")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_loaded_detector_encodes_on_its_device(tmp_path, backbone):
+    """Loaded backbones are on the CPU, but a detector fitted with device="cuda" (corel fit --device
+    cuda) sent its images to the GPU: a device mismatch at scoring."""
+    x = np.random.default_rng(0).integers(0, 256, (12, 1, 8, 8), dtype=np.uint8)
+    OneClassDetector(backbone, device="cuda").fit(x).save(tmp_path / "d.pt")
+    loaded = OneClassDetector.load(tmp_path / "d.pt")
+    assert np.array_equal(loaded.score_samples(x), OneClassDetector(backbone, device="cpu").fit(x).score_samples(x))
