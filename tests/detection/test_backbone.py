@@ -113,3 +113,18 @@ def test_a_loaded_detector_encodes_on_its_device(tmp_path, backbone):
     OneClassDetector(backbone, device="cuda").fit(x).save(tmp_path / "d.pt")
     loaded = OneClassDetector.load(tmp_path / "d.pt")
     assert np.array_equal(loaded.score_samples(x), OneClassDetector(backbone, device="cpu").fit(x).score_samples(x))
+
+
+@pytest.mark.parametrize("config", [{"branches": 0}, {"filters": []}, {"negative_slope": "x"}])
+def test_a_backbone_file_with_an_impossible_architecture_is_refused(tmp_path, backbone, config):
+    """Content that passes the checksum (written by another tool, or the checksum recomputed) but
+    describes no network: ZeroDivisionError and IndexError escaped, a text slope loaded."""
+    from corel._io import content_digest
+
+    backbone.save(tmp_path / "b.pt")
+    blob = torch.load(tmp_path / "b.pt", weights_only=True)
+    blob["payload"]["config"].update(config)
+    blob["checksum"] = content_digest(blob["payload"])
+    torch.save(blob, tmp_path / "b.pt")
+    with pytest.raises(ValueError, match="b.pt does not hold a valid backbone"):
+        Backbone.load(tmp_path / "b.pt")
