@@ -128,3 +128,24 @@ def test_a_backbone_file_with_an_impossible_architecture_is_refused(tmp_path, ba
     torch.save(blob, tmp_path / "b.pt")
     with pytest.raises(ValueError, match="b.pt does not hold a valid backbone"):
         Backbone.load(tmp_path / "b.pt")
+
+
+def test_a_detector_file_with_a_bad_metric_is_refused_naming_it(tmp_path):
+    from corel._io import content_digest
+
+    OneClassDetector(None).fit(np.zeros((3, 16, 10), np.float32)).save(tmp_path / "d.pt")
+    blob = torch.load(tmp_path / "d.pt", weights_only=True)
+    blob["payload"]["metric"] = "cosine"
+    blob["checksum"] = content_digest(blob["payload"])
+    torch.save(blob, tmp_path / "d.pt")
+    with pytest.raises(ValueError, match="d.pt: the detector's metric: unknown metric 'cosine'"):
+        OneClassDetector.load(tmp_path / "d.pt")
+
+
+def test_a_backbone_with_nan_weights_is_named_as_the_cause(backbone):
+    """The NaN codes of a diverged backbone were reported as NaN "queries"."""
+    x = np.random.default_rng(0).integers(0, 256, (4, 1, 8, 8), dtype=np.uint8)
+    with torch.no_grad():
+        backbone.model.to_latent.bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match="the backbone's encoding of these images contains NaN"):
+        OneClassDetector(backbone).fit(x)

@@ -169,7 +169,10 @@ class OneClassDetector(BaseDetector):
         """Codes (N, branches, dim) of X: images encoded by the backbone, or codes as given, flat
         ones (N, D) split into ``branches``."""
         if self.backbone_ is not None:
-            return self.backbone_.encode(X, batch_size=self.batch_size, device=self.device)
+            codes = self.backbone_.encode(X, batch_size=self.batch_size, device=self.device)
+            # else count_within blamed the "queries"; NaN codes come from the weights (a diverged training)
+            check_finite(codes, "the backbone's encoding of these images")
+            return codes
         if not isinstance(X, (np.ndarray, Tensor)):
             raise ValueError(f"codes must be a numpy array or a torch tensor, got {type(X).__name__}")
         codes = torch.as_tensor(X)
@@ -227,10 +230,13 @@ class OneClassDetector(BaseDetector):
         try:
             backbone = None if content["backbone"] is None else Backbone.from_dict(content["backbone"], where=where)
             det = cls(backbone=backbone, **content["params"])
-            codes, radius, offset = content["codes"], content["radius"], content["offset"]
-            metric = metric_name(content["metric"])
+            codes, radius, offset, metric = content["codes"], content["radius"], content["offset"], content["metric"]
         except (KeyError, TypeError) as e:
             raise ValueError(f"{where} is not a valid detector file ({type(e).__name__}: {e})") from e
+        try:
+            metric = metric_name(metric)
+        except ValueError as e:
+            raise ValueError(f"{where}: the detector's metric: {e}") from e
         if not isinstance(codes, Tensor) or codes.ndim != 3 or codes.shape[0] == 0 or not codes.is_floating_point() \
                 or not torch.isfinite(codes).all():
             raise ValueError(f"{where}: the detector's codes must be a finite (n, branches, dim) tensor")
