@@ -278,3 +278,29 @@ def test_scores_follow_the_fitted_parameters(name, fitted, changes, problem):
     for params in changes:
         detector.set_params(**params)
         assert np.array_equal(detector.score_samples(test), before)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"epochs": 1.5}, "epochs must be a positive int"),
+    ({"epochs": "3"}, "epochs must be a positive int"),
+    ({"batch_size": True}, "batch_size must be a positive int"),
+    ({"lr": "0.1"}, "lr must be a number > 0"),
+    ({"lr": float("nan")}, "lr must be a number > 0"),
+    ({"noise_std": -1}, "noise_std must be a number >= 0"),
+    ({"seed": None}, "seed must be an int"),
+    ({"seed": 1.5}, "seed must be an int"),
+    ({"seed": 2 ** 64}, "seed must be an int"),
+])
+def test_parameter_types_are_checked(params, message, problem):
+    """Floats, text and None crashed with TypeErrors from range(), a comparison or torch."""
+    with pytest.raises(ValueError, match=message):
+        DSEBM(**{**FAST["dsebm"], **params}).fit(problem[0])
+
+
+def test_a_numpy_seed_is_the_same_seed(problem):
+    """torch.Generator.manual_seed refused numpy integers (TypeError)."""
+    train, test, _ = problem
+    params = {**FAST["dsebm"], "epochs": 2}
+    want = DSEBM(**params, seed=3).fit(train).score_samples(test)
+    assert np.array_equal(DSEBM(**params, seed=np.int64(3)).fit(train).score_samples(test), want)
+    assert np.array_equal(DSEBM(**{**params, "epochs": np.int64(2)}, seed=3).fit(train).score_samples(test), want)

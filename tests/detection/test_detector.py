@@ -208,3 +208,10 @@ def test_codes_on_the_gpu():
     for det in (on_gpu, on_cpu):
         assert np.array_equal(det.score_samples(test.cuda()), want) and np.array_equal(det.score_samples(test), want)
     assert np.array_equal(on_gpu.train_scores_, on_cpu.train_scores_)
+
+
+def test_numpy_integer_parameters():
+    """Sizes from numpy (a parameter grid) were refused as not being ints."""
+    codes = np.random.default_rng(6).normal(size=(10, 16, 10)).astype(np.float32)
+    det = OneClassDetector(None, branches=np.int64(16), chunk_size=np.int32(3), batch_size=np.int64(2)).fit(codes)
+    assert np.array_equal(det.score_samples(codes), OneClassDetector(None).fit(codes).score_samples(codes))

@@ -11,7 +11,7 @@ below it; ``decision_function(X) = score_samples(X) - offset_`` is negative for 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from numbers import Real
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,23 @@ def check_contamination(contamination: Any) -> float:
     if isinstance(contamination, bool) or not isinstance(contamination, Real) or not 0 <= contamination <= 0.5:
         raise ValueError(f"contamination must be a number in [0, 0.5], got {contamination!r}")
     return float(contamination)
+
+
+def check_ints(minimum: int, **params: Any) -> None:
+    """ValueError naming the first of ``params`` that is not an int >= ``minimum`` (numpy integers
+    pass; bools, floats and text do not, which crashed later in range() or a comparison)."""
+    for name, value in params.items():
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+            kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+            raise ValueError(f"{name} must be {kind}, got {value!r}")
+
+
+def check_seed(seed: Any) -> int:
+    """A seed for torch's generators: an int in [-2**63, 2**64) (numpy integers too) as a Python int;
+    ValueError otherwise (a numpy seed made torch.Generator.manual_seed raise TypeError)."""
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or not -2 ** 63 <= seed < 2 ** 64:
+        raise ValueError(f"seed must be an int in [-2**63, 2**64), got {seed!r}")
+    return int(seed)
 
 
 def offset_from_scores(train_scores: np.ndarray, contamination: float) -> float:

@@ -20,7 +20,7 @@ from torch import Tensor
 from corel._io import load_checked, save_checked
 from corel._native._kernels import count_within as native_count_within
 from corel.detection.backbone import Backbone, resolve_backbone
-from corel.detection.base import BaseDetector
+from corel.detection.base import BaseDetector, check_ints
 from corel.topology.distances import (
     Metric,
     check_finite,
@@ -100,12 +100,6 @@ def count_in_tiles(queries: Tensor, codes: Tensor, radius: float, p: float, chun
         chunk = queries[start: start + rows].transpose(0, 1)  # (K, c, d)
         out.append((compared_pairwise(chunk, per_branch, p) <= threshold).sum(dim=(0, 2)))
     return torch.cat(out)
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 class OneClassDetector(BaseDetector):
@@ -192,9 +186,7 @@ class OneClassDetector(BaseDetector):
 
     def _fit(self, X: Any) -> np.ndarray:
         """Encodes the class samples X (images for a backbone, else codes) and keeps their codes."""
-        _positive_int(self.branches, "branches")
-        _positive_int(self.batch_size, "batch_size")
-        _positive_int(self.chunk_size, "chunk_size")
+        check_ints(1, branches=self.branches, batch_size=self.batch_size, chunk_size=self.chunk_size)
         self.backbone_ = None if self.backbone is None else resolve_backbone(self.backbone, self.device or "cpu")
         default_radius = self.backbone_.eta if self.backbone_ is not None else 2.0
         self.radius_ = check_scale(self.radius if self.radius is not None else default_radius, "radius")
