@@ -215,3 +215,28 @@ def test_numpy_integer_parameters():
     codes = np.random.default_rng(6).normal(size=(10, 16, 10)).astype(np.float32)
     det = OneClassDetector(None, branches=np.int64(16), chunk_size=np.int32(3), batch_size=np.int64(2)).fit(codes)
     assert np.array_equal(det.score_samples(codes), OneClassDetector(None).fit(codes).score_samples(codes))
+
+
+def test_count_within_refuses_codes_of_another_layout():
+    """The native kernel took K and d from the queries: codes (n, 4, 5) or flat (n, 12) against
+    queries (M, 4, 3) were read in the wrong layout and counted, silently."""
+    q = torch.zeros(5, 4, 3)
+    for codes in (torch.zeros(7, 4, 5), torch.zeros(7, 2, 3), torch.zeros(7, 4, 1)):
+        with pytest.raises(ValueError, match="differ in branches or dimension"):
+            count_within(q, codes, 1.0)
+    for queries, codes in ((q, torch.zeros(7, 12)), (torch.zeros(5, 12), torch.zeros(7, 12)), ([[0.0]], q)):
+        with pytest.raises(ValueError, match="must be a real tensor"):
+            count_within(queries, codes, 1.0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        count_within(q, q, 1.0, chunk_size=0)
+
+
+def test_count_within_counts_mixed_dtypes_in_the_wider():
+    """float64 codes were read in float32 when the queries were float32 (rounded across the radius)."""
+    g = torch.Generator().manual_seed(7)
+    codes = torch.randint(-3, 4, (40, 2, 3), generator=g).double() + 2.0 ** -40
+    queries = torch.randint(-3, 4, (200, 2, 3), generator=g).float()
+    for metric, p in (("l1", 1), ("l2", 2), ("linf", float("inf"))):
+        want = brute_force(queries.double(), codes, 2.0, p)
+        assert torch.equal(count_within(queries, codes, 2.0, metric), want)
+        assert torch.equal(count_within(codes, queries, 2.0, metric), brute_force(codes, queries.double(), 2.0, p))

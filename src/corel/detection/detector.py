@@ -40,7 +40,8 @@ def count_within(queries: Tensor, codes: Tensor, radius: float, metric: Metric =
     """Per query, the number of codes within ``radius`` (a number >= 0, boundary included), summed
     over branches; ValueError for NaN or inf coordinates.
 
-    queries: (M, K, d), codes: (n, K, d), same dtype -> (M,) int64.  Distances are exact (no matmul
+    queries: (M, K, d), codes: (n, K, d) -> (M,) int64, counted in float64 if either is float64,
+    else float32, on the queries' device; other shapes raise ValueError.  Distances are exact (no matmul
     expansion) and compared as the H0 engines compare them (l1 and squared l2 summed in corel's
     fixed order, :func:`~corel.topology.distances.compared_pairwise`), so a code exactly at the
     radius counts alike on every device; l2 at radii whose square leaves the dtype is counted on
@@ -49,6 +50,14 @@ def count_within(queries: Tensor, codes: Tensor, radius: float, metric: Metric =
     time, fewer where their differences to the codes would exceed TILE_ELEMENTS entries.
     """
     p = metric_order(metric)
+    check_ints(1, chunk_size=chunk_size)
+    for name, x in (("queries", queries), ("codes", codes)):
+        if not isinstance(x, Tensor) or x.ndim != 3 or x.is_complex():
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"{name} must be a real tensor (N, branches, dim), got {shape}")
+    if queries.shape[1:] != codes.shape[1:]:  # the native kernel read codes of another layout as if they fit
+        raise ValueError(f"queries (M, {', '.join(map(str, queries.shape[1:]))}) and codes "
+                         f"(n, {', '.join(map(str, codes.shape[1:]))}) differ in branches or dimension")
     if isinstance(radius, Tensor) and radius.numel() == 1:
         radius = radius.item()
     if isinstance(radius, bool) or not isinstance(radius, Real) or not 0 <= radius < math.inf:
@@ -56,6 +65,9 @@ def count_within(queries: Tensor, codes: Tensor, radius: float, metric: Metric =
     check_finite(queries, "queries")  # a NaN coordinate has no distance (the kernels' maxima would skip it)
     check_finite(codes, "codes")
     queries, codes = measured_in(queries), measured_in(codes)  # the dtypes the native kernel counts in
+    # one dtype for both: the kernel read the codes in the queries' dtype, rounding float64 codes
+    dtype = torch.promote_types(queries.dtype, codes.dtype)
+    queries, codes = queries.to(dtype), codes.to(queries.device, dtype)
     if p == 2.0:
         queries, codes, radius = _squares_in_range(queries, codes, float(radius))
     if queries.device.type == "cpu":
@@ -203,10 +215,8 @@ class OneClassDetector(BaseDetector):
         codes = self._codes(X, self.codes_.shape[1])
         if codes.shape[1:] != self.codes_.shape[1:]:
             raise ValueError(f"codes of shape {tuple(codes.shape[1:])} do not match the fitted {tuple(self.codes_.shape[1:])}")
-        # both in the wider dtype: rounding float64 queries to float32 codes (or float32 ones to
-        # float16 codes) moved queries across the radius; counted where the class codes are
-        dtype = torch.promote_types(codes.dtype, self.codes_.dtype)
-        return count_within(codes.to(self.codes_.device, dtype), self.codes_.to(dtype), self.radius_, self.metric_,
+        # counted where the class codes are (a GPU), in the wider of the two dtypes
+        return count_within(codes.to(self.codes_.device), self.codes_, self.radius_, self.metric_,
                             self.chunk_size).cpu().numpy()
 
     def to_dict(self) -> dict[str, Any]:
