@@ -240,3 +240,15 @@ def test_count_within_counts_mixed_dtypes_in_the_wider():
         want = brute_force(queries.double(), codes, 2.0, p)
         assert torch.equal(count_within(queries, codes, 2.0, metric), want)
         assert torch.equal(count_within(codes, queries, 2.0, metric), brute_force(codes, queries.double(), 2.0, p))
+
+
+def test_threshold_ties_are_inliers():
+    """The documented tie rule: leave-one-out counts tie at the quantile, and a score equal to
+    offset_ is an inlier, so with more than a tenth of the samples isolated nothing is an outlier."""
+    codes = np.zeros((20, 1, 1), np.float32)
+    codes[:3] = np.array([100.0, 200.0, 300.0])[:, None, None]  # three isolated samples: LOO score 0
+    det = OneClassDetector(None, radius=1.0, branches=1, contamination=0.1).fit(codes)
+    assert np.array_equal(np.sort(det.train_scores_), [0] * 3 + [16] * 17) and det.offset_ == 0.0
+    assert (det.fit_predict(codes) == 1).all() and det.predict(np.array([[[50.0]]], np.float32))[0] == 1
+    det.set_params(contamination=0.15).fit(codes)  # quantile between 0 and 16: the isolated ones are outliers
+    assert 0 < det.offset_ < 16 and np.array_equal(det.fit_predict(codes), np.where(det.train_scores_ == 0, -1, 1))

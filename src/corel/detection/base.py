@@ -3,9 +3,14 @@
 The conventions are scikit-learn's novelty detectors (``LocalOutlierFactor(novelty=True)``):
 parameters are set in ``__init__`` and learned state ends in ``_``; ``fit(X)`` learns the class
 from its samples and returns self; ``score_samples(X)`` is higher for more normal samples;
-``offset_`` is set at fit time so that a fraction ``contamination`` of the training samples falls
-below it; ``decision_function(X) = score_samples(X) - offset_`` is negative for outliers and
-``predict(X)`` gives +1 (inlier) or -1 (outlier).
+``offset_`` is set at fit time so that about a fraction ``contamination`` of the training samples
+falls below it; ``decision_function(X) = score_samples(X) - offset_`` is negative for outliers and
+``predict(X)`` gives +1 (inlier) or -1 (outlier); a score equal to ``offset_`` is an inlier.
+
+Ties: OneClassDetector's scores are counts, so many training scores can equal the quantile, and
+all of them are inliers: fewer than ``contamination`` of the training samples may be outliers
+(none when that many have the lowest score; e.g. offset 0 when more than a tenth of them have no
+neighbour within the radius, and then no sample at all is an outlier).  ``train_scores_`` shows the spread.
 """
 
 from __future__ import annotations
@@ -44,8 +49,9 @@ def check_seed(seed: Any) -> int:
 
 
 def offset_from_scores(train_scores: np.ndarray, contamination: float) -> float:
-    """The threshold below which a fraction ``contamination`` of ``train_scores`` lies: their
-    ``contamination``-quantile, or with contamination 0 the next number below the lowest (only
+    """The threshold below which about a fraction ``contamination`` of ``train_scores`` lies: their
+    ``contamination``-quantile (linearly interpolated, as scikit-learn's; fewer lie below where
+    scores tie at it), or with contamination 0 the next number below the lowest (only
     scores under every training score are outliers)."""
     if contamination > 0:
         return float(np.quantile(train_scores, contamination))
@@ -83,7 +89,7 @@ class BaseDetector(OutlierMixin, BaseEstimator, ABC):
 
     def fit_predict(self, X: Any, y: None = None) -> np.ndarray:
         """Fits on ``X`` and returns its samples' own predictions (+1 / -1) from the training
-        scores that set ``offset_`` (a fraction ``contamination`` of -1): ``fit(X).predict(X)``
+        scores that set ``offset_`` (about a fraction ``contamination`` of -1, fewer with ties): ``fit(X).predict(X)``
         would score each sample against itself as well (the ball counts then find every training
         sample normal)."""
         self.fit(X, y)
