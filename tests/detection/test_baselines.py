@@ -283,7 +283,7 @@ def test_scores_follow_the_fitted_parameters(name, fitted, changes, problem):
 @pytest.mark.parametrize("params, message", [
     ({"epochs": 1.5}, "epochs must be a positive int"),
     ({"epochs": "3"}, "epochs must be a positive int"),
-    ({"batch_size": True}, "batch_size must be a positive int"),
+    ({"batch_size": True}, "batch_size must be an int >= 2"),
     ({"lr": "0.1"}, "lr must be a number > 0"),
     ({"lr": float("nan")}, "lr must be a number > 0"),
     ({"noise_std": -1}, "noise_std must be a number >= 0"),
@@ -304,3 +304,11 @@ def test_a_numpy_seed_is_the_same_seed(problem):
     want = DSEBM(**params, seed=3).fit(train).score_samples(test)
     assert np.array_equal(DSEBM(**params, seed=np.int64(3)).fit(train).score_samples(test), want)
     assert np.array_equal(DSEBM(**{**params, "epochs": np.int64(2)}, seed=3).fit(train).score_samples(test), want)
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_batch_size_one_is_refused(name, problem):
+    """Batches of one sample are dropped (batch norm), so batch_size=1 trained nothing: the scores
+    of 3 epochs equalled those of an untrained network."""
+    with pytest.raises(ValueError, match="batch_size must be an int >= 2"):
+        BASELINES[name](**{**FAST[name], "batch_size": 1}).fit(problem[0])

@@ -11,7 +11,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 
-from corel.detection.base import BaseDetector, check_seed
+from corel.detection.base import BaseDetector, check_ints, check_seed
 from corel.detection.images import as_image_tensor
 
 
@@ -48,7 +48,10 @@ def train(
     name: str = "",
 ) -> None:
     """Mini-batch training: per epoch, ``loss_fn(data[batch])`` over shuffled batches, one optimizer step
-    each; ``scheduler`` steps once per epoch.  ``data`` lives on the training device."""
+    each; ``scheduler`` steps once per epoch.  ``data`` lives on the training device.  ``batch_size``
+    must be >= 2: every network here has batch norm, and :func:`minibatches` drops batches of one,
+    so batch_size 1 trained nothing at all (without a word)."""
+    check_ints(2, batch_size=batch_size)
     model.train()
     for epoch in range(epochs):
         total, count = 0.0, 0

@@ -107,8 +107,7 @@ class DAGMM(BaselineDetector):
         self.verbose = verbose
 
     def _train(self, images: Tensor) -> None:
-        check_ints(1, latent_dim=self.latent_dim, components=self.components, epochs=self.epochs,
-                   batch_size=self.batch_size)
+        check_ints(1, latent_dim=self.latent_dim, components=self.components, epochs=self.epochs)
         check_positive(jitter=self.jitter, lr=self.lr)
         self.network_ = DAGMMNetwork(self.input_shape_, self.latent_dim, self.components).to(self.device_)
 

@@ -125,7 +125,7 @@ class DeepSVDD(BaselineDetector):
         return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[milestone], gamma=0.1)
 
     def _train(self, images: Tensor) -> None:
-        check_ints(1, rep_dim=self.rep_dim, epochs=self.epochs, batch_size=self.batch_size)
+        check_ints(1, rep_dim=self.rep_dim, epochs=self.epochs)
         check_ints(0, pretrain_epochs=self.pretrain_epochs, pretrain_milestone=self.pretrain_milestone,
                    milestone=self.milestone)
         check_positive(lr=self.lr, eps=self.eps)

@@ -67,7 +67,7 @@ class DSEBM(BaselineDetector):
         self.verbose = verbose
 
     def _train(self, images: Tensor) -> None:
-        check_ints(1, code_dim=self.code_dim, epochs=self.epochs, batch_size=self.batch_size)
+        check_ints(1, code_dim=self.code_dim, epochs=self.epochs)
         check_positive(lr=self.lr)
         if self.score not in ("energy", "reconstruction"):
             raise ValueError(f"score must be 'energy' or 'reconstruction', got {self.score!r}")

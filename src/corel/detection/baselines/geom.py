@@ -215,7 +215,7 @@ class GEOM(BaselineDetector):
         self.verbose = verbose
 
     def _train(self, images: Tensor) -> None:
-        check_ints(1, epochs=self.epochs, batch_size=self.batch_size)
+        check_ints(1, epochs=self.epochs)
         check_positive(lr=self.lr)
         if self.score not in ("dirichlet", "simple"):
             raise ValueError(f"score must be 'dirichlet' or 'simple', got {self.score!r}")

@@ -64,7 +64,7 @@ class OCSVMCAE(BaselineDetector):
         if isinstance(self.nu, bool) or not isinstance(self.nu, Real) or not 0 < self.nu <= 1:
             raise ValueError(f"nu must be in (0, 1], got {self.nu!r}")
         if self.encoder is None:
-            check_ints(1, code_dim=self.code_dim, epochs=self.epochs, batch_size=self.batch_size)
+            check_ints(1, code_dim=self.code_dim, epochs=self.epochs)
             check_positive(lr=self.lr)
             self.encoder_ = ConvEncoder(self.input_shape_, self.code_dim, nn.Tanh()).to(self.device_)
             decoder = ConvDecoder(self.input_shape_, self.code_dim).to(self.device_)
