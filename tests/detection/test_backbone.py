@@ -149,3 +149,32 @@ def test_a_backbone_with_nan_weights_is_named_as_the_cause(backbone):
         backbone.model.to_latent.bias.fill_(float("nan"))
     with pytest.raises(ValueError, match="the backbone's encoding of these images contains NaN"):
         OneClassDetector(backbone).fit(x)
+
+
+def test_numpy_values_survive_a_round_trip(tmp_path, backbone):
+    """Parameters and metadata from numpy (np.float64(0.1) from a grid, np.int64 sizes, arrays) were
+    written, checksummed, and then refused on load as "not plain data": a saved detector that could
+    never be read back.  Now they are stored as Python numbers and tensors."""
+    x = np.random.default_rng(0).integers(0, 256, (12, 1, 8, 8), dtype=np.uint8)
+    backbone.info = {"loss": np.float64(0.5), "epochs": np.int64(3), "lams": np.array([1.0, 2.0]), "name": np.str_("a")}
+    det = OneClassDetector(backbone, radius=np.float64(1.5), contamination=np.float64(0.1), metric=np.float64(3.0),
+                           batch_size=np.int64(5)).fit(x)
+    det.save(tmp_path / "d.pt")
+    loaded = OneClassDetector.load(tmp_path / "d.pt")
+    assert np.array_equal(loaded.score_samples(x), det.score_samples(x)) and loaded.offset_ == det.offset_
+    assert loaded.get_params(deep=False)["contamination"] == 0.1 and type(loaded.contamination) is float
+    info = loaded.backbone_.info
+    assert info["loss"] == 0.5 and info["epochs"] == 3 and info["name"] == "a"
+    assert torch.equal(info["lams"], torch.tensor([1.0, 2.0], dtype=torch.float64))
+
+
+def test_content_that_would_not_load_is_not_written(tmp_path, backbone):
+    """A str subclass passed the checksum (isinstance) but torch.load(weights_only=True) refuses its
+    class: such a file is refused before anything is written."""
+    class Name(str):
+        pass
+
+    backbone.info = {"name": Name("a")}
+    with pytest.raises(TypeError, match="cannot checksum a Name"):
+        backbone.save(tmp_path / "b.pt")
+    assert not any(tmp_path.iterdir())
