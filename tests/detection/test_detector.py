@@ -252,3 +252,24 @@ def test_threshold_ties_are_inliers():
     assert (det.fit_predict(codes) == 1).all() and det.predict(np.array([[[50.0]]], np.float32))[0] == 1
     det.set_params(contamination=0.15).fit(codes)  # quantile between 0 and 16: the isolated ones are outliers
     assert 0 < det.offset_ < 16 and np.array_equal(det.fit_predict(codes), np.where(det.train_scores_ == 0, -1, 1))
+
+
+def test_non_finite_training_scores_are_refused():
+    """A diverged baseline (DSEBM's reconstruction score at lr 1e6 gave NaN) set offset_ to NaN, and
+    predict then called every sample an outlier without a word."""
+    from corel.detection.base import BaseDetector
+
+    class Diverged(BaseDetector):
+        def __init__(self, contamination=0.1):
+            self.contamination = contamination
+
+        def _fit(self, X):
+            return np.where(np.arange(len(X)) == 2, np.nan, 1.0)
+
+        def _score_samples(self, X):
+            return np.ones(len(X))
+
+    det = Diverged()
+    with pytest.raises(ValueError, match="Diverged: 1 of the 5 training samples' scores are NaN or inf"):
+        det.fit(np.zeros(5))
+    assert not hasattr(det, "offset_")

@@ -80,6 +80,10 @@ class BaseDetector(OutlierMixin, BaseEstimator, ABC):
         try:
             contamination = check_contamination(self.contamination)
             self.train_scores_ = np.asarray(self._fit(X), dtype=np.float64)
+            bad = int(np.count_nonzero(~np.isfinite(self.train_scores_)))
+            if bad:  # else offset_ became NaN and predict called every sample an outlier
+                raise ValueError(f"{type(self).__name__}: {bad} of the {len(self.train_scores_)} training samples' "
+                                 "scores are NaN or inf; did the training diverge (learning rate)?")
             self.offset_ = offset_from_scores(self.train_scores_, contamination)
         except BaseException:
             vars(self).clear()
