@@ -273,3 +273,9 @@ def test_non_finite_training_scores_are_refused():
     with pytest.raises(ValueError, match="Diverged: 1 of the 5 training samples' scores are NaN or inf"):
         det.fit(np.zeros(5))
     assert not hasattr(det, "offset_")
+
+
+def test_codes_with_autograd_are_kept_detached():
+    codes = torch.randn(10, 16, 10, requires_grad=True)
+    det = OneClassDetector(None).fit(codes * 2)
+    assert not det.codes_.requires_grad and det.codes_.grad_fn is None

@@ -181,7 +181,7 @@ class OneClassDetector(BaseDetector):
             return codes
         if not isinstance(X, (np.ndarray, Tensor)):
             raise ValueError(f"codes must be a numpy array or a torch tensor, got {type(X).__name__}")
-        codes = torch.as_tensor(X)
+        codes = torch.as_tensor(X).detach()  # codes_ must not keep the caller's autograd graph alive
         if not codes.is_floating_point():
             raise ValueError(f"codes must be floating point, got {codes.dtype}")
         if codes.ndim not in (2, 3):
@@ -192,8 +192,7 @@ class OneClassDetector(BaseDetector):
             if codes.shape[1] % branches:
                 raise ValueError(f"code dimension {codes.shape[1]} does not split into {branches} branches")
             codes = codes.reshape(codes.shape[0], branches, -1)
-        if not torch.isfinite(codes).all():
-            raise ValueError("codes contain NaN or inf values")
+        check_finite(codes, "codes")
         return codes
 
     def _fit(self, X: Any) -> np.ndarray:
