@@ -137,7 +137,7 @@ class OneClassDetector(BaseDetector):
     batch_size, chunk_size : int
         Images per encoding batch; queries per scoring chunk off the CPU (memory bounds).
     device : str, optional
-        Where the backbone encodes (default: where it is).
+        Where the backbone encodes (default: where it is); its model moves there.
 
     Attributes
     ----------
