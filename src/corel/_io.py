@@ -115,7 +115,7 @@ def content_digest(obj: Any) -> str:
         elif isinstance(value, np.ndarray):
             digest.update(f"a{value.dtype.str}{value.shape}".encode())
             digest.update(np.ascontiguousarray(value).tobytes())
-        elif value is None or isinstance(value, (bool, int, float, str)):
+        elif value is None or type(value) in (bool, int, float, str):  # not subclasses: they would not load
             digest.update(f"{type(value).__name__}:{value!r};".encode())
         else:
             raise TypeError(f"cannot checksum a {type(value).__name__}")
@@ -124,8 +124,26 @@ def content_digest(obj: Any) -> str:
     return digest.hexdigest()
 
 
+def plain_data(obj: Any) -> Any:
+    """``obj`` as ``torch.load(weights_only=True)`` reads it back: numpy scalars as Python numbers,
+    numpy arrays as tensors, dicts, lists and tuples rebuilt.  A payload holding numpy objects (a
+    parameter np.float64(0.1) from a grid) was written, and then refused on load as not plain data."""
+    if isinstance(obj, dict):
+        return {plain_data(key): plain_data(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = [plain_data(item) for item in obj]
+        return items if isinstance(obj, list) else tuple(items)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    return obj
+
+
 def save_checked(payload: dict, path: str | os.PathLike, *, format: str, version: int) -> None:
-    """Writes ``payload`` under a header (format name, version, checksum of the payload), atomically."""
+    """Writes ``payload`` (as :func:`plain_data`) under a header (format name, version, checksum of
+    the payload), atomically; TypeError before writing for content a corel file cannot hold."""
+    payload = plain_data(payload)
     atomic_torch_save({"format": format, "version": version, "checksum": content_digest(payload),
                        "payload": payload}, path)
 

@@ -103,3 +103,78 @@ def test_a_loaded_detector_is_validated(tmp_path, field, value, message):
     save_checked(content, tmp_path / "bad.corel", format=FORMAT, version=VERSION)
     with pytest.raises(ValueError, match="not a valid detector file"):
         OneClassDetector.load(tmp_path / "bad.corel")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_loaded_detector_encodes_on_its_device(tmp_path, backbone):
+    """Loaded backbones are on the CPU, but a detector fitted with device="cuda" (corel fit --device
+    cuda) sent its images to the GPU: a device mismatch at scoring."""
+    x = np.random.default_rng(0).integers(0, 256, (12, 1, 8, 8), dtype=np.uint8)
+    OneClassDetector(backbone, device="cuda").fit(x).save(tmp_path / "d.pt")
+    loaded = OneClassDetector.load(tmp_path / "d.pt")
+    assert np.array_equal(loaded.score_samples(x), OneClassDetector(backbone, device="cpu").fit(x).score_samples(x))
+
+
+@pytest.mark.parametrize("config", [{"branches": 0}, {"filters": []}, {"negative_slope": "x"}])
+def test_a_backbone_file_with_an_impossible_architecture_is_refused(tmp_path, backbone, config):
+    """Content that passes the checksum (written by another tool, or the checksum recomputed) but
+    describes no network: ZeroDivisionError and IndexError escaped, a text slope loaded."""
+    from corel._io import content_digest
+
+    backbone.save(tmp_path / "b.pt")
+    blob = torch.load(tmp_path / "b.pt", weights_only=True)
+    blob["payload"]["config"].update(config)
+    blob["checksum"] = content_digest(blob["payload"])
+    torch.save(blob, tmp_path / "b.pt")
+    with pytest.raises(ValueError, match="b.pt does not hold a valid backbone"):
+        Backbone.load(tmp_path / "b.pt")
+
+
+def test_a_detector_file_with_a_bad_metric_is_refused_naming_it(tmp_path):
+    from corel._io import content_digest
+
+    OneClassDetector(None).fit(np.zeros((3, 16, 10), np.float32)).save(tmp_path / "d.pt")
+    blob = torch.load(tmp_path / "d.pt", weights_only=True)
+    blob["payload"]["metric"] = "cosine"
+    blob["checksum"] = content_digest(blob["payload"])
+    torch.save(blob, tmp_path / "d.pt")
+    with pytest.raises(ValueError, match="d.pt: the detector's metric: unknown metric 'cosine'"):
+        OneClassDetector.load(tmp_path / "d.pt")
+
+
+def test_a_backbone_with_nan_weights_is_named_as_the_cause(backbone):
+    """The NaN codes of a diverged backbone were reported as NaN "queries"."""
+    x = np.random.default_rng(0).integers(0, 256, (4, 1, 8, 8), dtype=np.uint8)
+    with torch.no_grad():
+        backbone.model.to_latent.bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match="the backbone's encoding of these images contains NaN"):
+        OneClassDetector(backbone).fit(x)
+
+
+def test_numpy_values_survive_a_round_trip(tmp_path, backbone):
+    """Parameters and metadata from numpy (np.float64(0.1) from a grid, np.int64 sizes, arrays) were
+    written, checksummed, and then refused on load as "not plain data": a saved detector that could
+    never be read back.  Now they are stored as Python numbers and tensors."""
+    x = np.random.default_rng(0).integers(0, 256, (12, 1, 8, 8), dtype=np.uint8)
+    backbone.info = {"loss": np.float64(0.5), "epochs": np.int64(3), "lams": np.array([1.0, 2.0]), "name": np.str_("a")}
+    det = OneClassDetector(backbone, radius=np.float64(1.5), contamination=np.float64(0.1), metric=np.float64(3.0),
+                           batch_size=np.int64(5)).fit(x)
+    det.save(tmp_path / "d.pt")
+    loaded = OneClassDetector.load(tmp_path / "d.pt")
+    assert np.array_equal(loaded.score_samples(x), det.score_samples(x)) and loaded.offset_ == det.offset_
+    assert loaded.get_params(deep=False)["contamination"] == 0.1 and type(loaded.contamination) is float
+    info = loaded.backbone_.info
+    assert info["loss"] == 0.5 and info["epochs"] == 3 and info["name"] == "a"
+    assert torch.equal(info["lams"], torch.tensor([1.0, 2.0], dtype=torch.float64))
+
+
+def test_content_that_would_not_load_is_not_written(tmp_path, backbone):
+    """A str subclass passed the checksum (isinstance) but torch.load(weights_only=True) refuses its
+    class: such a file is refused before anything is written."""
+    class Name(str):
+        pass
+
+    backbone.info = {"name": Name("a")}
+    with pytest.raises(TypeError, match="cannot checksum a Name"):
+        backbone.save(tmp_path / "b.pt")
+    assert not any(tmp_path.iterdir())

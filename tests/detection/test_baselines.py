@@ -246,3 +246,69 @@ def test_bad_parameters_are_rejected(name, params, message, problem):
 def test_geom_needs_square_images():
     with pytest.raises(ValueError, match="square"):
         GEOM(net="small", epochs=1).fit(np.zeros((4, 3, 8, 16), np.uint8))
+
+
+def test_a_failed_refit_leaves_the_fitted_detector_as_it_was(problem):
+    """The input shape was set before the parameters were checked: a refit on 16x16 images with bad
+    epochs left input_shape_ at 16x16 beside the 8x8 network, so the 8x8 test images were refused."""
+    train, test, _ = problem
+    detector = DSEBM(epochs=1, batch_size=16).fit(train)
+    before, offset = detector.score_samples(test), detector.offset_
+    detector.set_params(epochs=0)
+    with pytest.raises(ValueError, match="epochs"):
+        detector.fit(np.zeros((4, 3, 16, 16), np.uint8))
+    assert detector.input_shape_ == (3, SIDE, SIDE) and detector.offset_ == offset
+    assert np.array_equal(detector.score_samples(test), before)
+
+
+@pytest.mark.parametrize("name, fitted, changes", [
+    ("dsebm", {"score": "energy"}, [{"score": "reconstruction"}, {"score": "max"}]),
+    ("geom", {"score": "simple"}, [{"score": "dirichlet"}]),
+    ("ocsvm_cae", {}, [{"encoder": lambda x: x.mean(dim=(2, 3))}]),
+    ("dagmm", {}, [{"latent_dim": 3}]),
+])
+def test_scores_follow_the_fitted_parameters(name, fitted, changes, problem):
+    """Parameters were read at scoring time: set_params after fit silently switched DSEBM's score (an
+    invalid name gave the reconstruction score), made GEOM's "simple" fit raise AttributeError, fed
+    the trained CAE [0, 1] instead of [-1, 1] images and split DAGMM's (z, memberships) columns at
+    the wrong place."""
+    train, test, _ = problem
+    detector = BASELINES[name](**{**FAST[name], "epochs": 1}, **fitted).fit(train)
+    before = detector.score_samples(test)
+    for params in changes:
+        detector.set_params(**params)
+        assert np.array_equal(detector.score_samples(test), before)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"epochs": 1.5}, "epochs must be a positive int"),
+    ({"epochs": "3"}, "epochs must be a positive int"),
+    ({"batch_size": True}, "batch_size must be an int >= 2"),
+    ({"lr": "0.1"}, "lr must be a number > 0"),
+    ({"lr": float("nan")}, "lr must be a number > 0"),
+    ({"noise_std": -1}, "noise_std must be a number >= 0"),
+    ({"seed": None}, "seed must be an int"),
+    ({"seed": 1.5}, "seed must be an int"),
+    ({"seed": 2 ** 64}, "seed must be an int"),
+])
+def test_parameter_types_are_checked(params, message, problem):
+    """Floats, text and None crashed with TypeErrors from range(), a comparison or torch."""
+    with pytest.raises(ValueError, match=message):
+        DSEBM(**{**FAST["dsebm"], **params}).fit(problem[0])
+
+
+def test_a_numpy_seed_is_the_same_seed(problem):
+    """torch.Generator.manual_seed refused numpy integers (TypeError)."""
+    train, test, _ = problem
+    params = {**FAST["dsebm"], "epochs": 2}
+    want = DSEBM(**params, seed=3).fit(train).score_samples(test)
+    assert np.array_equal(DSEBM(**params, seed=np.int64(3)).fit(train).score_samples(test), want)
+    assert np.array_equal(DSEBM(**{**params, "epochs": np.int64(2)}, seed=3).fit(train).score_samples(test), want)
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_batch_size_one_is_refused(name, problem):
+    """Batches of one sample are dropped (batch norm), so batch_size=1 trained nothing: the scores
+    of 3 epochs equalled those of an untrained network."""
+    with pytest.raises(ValueError, match="batch_size must be an int >= 2"):
+        BASELINES[name](**{**FAST[name], "batch_size": 1}).fit(problem[0])

@@ -142,3 +142,140 @@ def test_bad_input():
     det.fit(np.zeros((3, 16, 10), np.float32))
     with pytest.raises(ValueError, match="match"):
         det.score_samples(np.zeros((3, 16, 5), np.float32))
+
+
+def test_a_failed_refit_leaves_the_fitted_detector_as_it_was():
+    """The radius was set before the new codes were checked: after a refit that raised, the old codes
+    and offset were scored with the new radius."""
+    rng = np.random.default_rng(2)
+    codes, test = rng.normal(size=(30, 4, 3)).astype(np.float32), rng.normal(size=(20, 4, 3)).astype(np.float32)
+    det = OneClassDetector(None, radius=1.0).fit(codes)
+    want = brute_force(torch.from_numpy(test), torch.from_numpy(codes), 1.0, 1).numpy()
+    assert np.array_equal(det.score_samples(test), want)
+    offset = det.offset_
+    det.set_params(radius=5.0)
+    with pytest.raises(ValueError, match="NaN"):
+        det.fit(np.full((3, 4, 3), np.nan, np.float32))
+    assert det.radius_ == 1.0 and det.offset_ == offset and np.array_equal(det.score_samples(test), want)
+    with pytest.raises(ValueError, match="contamination"):
+        OneClassDetector(None, contamination=0.7).fit(codes)
+    fresh = OneClassDetector(None, contamination=0.7)
+    with pytest.raises(ValueError, match="contamination"):
+        fresh.fit(codes)
+    assert not hasattr(fresh, "codes_")  # a first fit that failed leaves it unfitted
+
+
+@pytest.mark.parametrize("fitted, queried", [(torch.float32, torch.float64), (torch.float16, torch.float32),
+                                             (torch.bfloat16, torch.float64)])
+def test_queries_are_not_rounded_to_the_codes_dtype(fitted, queried):
+    """Queries were cast to the fitted codes' dtype first: a float64 query 2**-40 beyond the radius
+    of a float32 code rounded onto it and counted.  The brute force compares the queries as given
+    with the codes as stored, in float64; integers nudged by powers of two the query dtype holds
+    keep every sum exact, so any rounding of the queries shows."""
+    g = torch.Generator().manual_seed(3)
+    codes = torch.randint(-3, 4, (40, 2, 3), generator=g).to(fitted)
+    tiny = 2.0 ** (-40 if queried == torch.float64 else -20)  # below the codes' precision, within the queries'
+    nudge = torch.tensor([-2.0 ** -10, 2.0 ** -10, -tiny, tiny], dtype=torch.float64)
+    nudge = nudge[torch.randint(0, 4, (300, 2, 3), generator=g)]
+    queries = (torch.randint(-3, 4, (300, 2, 3), generator=g) + nudge).to(queried)
+    det = OneClassDetector(None, radius=2.0, branches=2).fit(codes)
+    for p, metric in ((1, "l1"), (2, "l2"), (float("inf"), "linf")):
+        det.set_params(metric=metric).fit(codes)
+        want = brute_force(queries.double(), codes.double(), 2.0, p).numpy()
+        assert np.array_equal(det.score_samples(queries), want)
+
+
+def test_flat_queries_split_into_the_fitted_branches():
+    """Flat (N, D) queries were split into the ``branches`` parameter (16) even when the detector
+    was fitted on (n, 4, 3) codes, so they were refused as not splitting into 16 branches."""
+    rng = np.random.default_rng(4)
+    codes, test = rng.normal(size=(30, 4, 3)).astype(np.float32), rng.normal(size=(20, 4, 3)).astype(np.float32)
+    det = OneClassDetector(None, radius=2.0).fit(codes)
+    assert np.array_equal(det.score_samples(test.reshape(20, 12)), det.score_samples(test))
+    with pytest.raises(ValueError, match="does not split into 4 branches"):
+        det.score_samples(np.zeros((2, 10), np.float32))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_codes_on_the_gpu():
+    """Fitting on CUDA codes converted the counts to numpy on the GPU (TypeError), and CUDA queries
+    met CPU codes in one torch operation."""
+    g = torch.Generator().manual_seed(5)
+    codes, test = torch.randn(30, 4, 3, generator=g), torch.randn(20, 4, 3, generator=g)
+    want = brute_force(test, codes, 2.0, 1).numpy()
+    on_gpu = OneClassDetector(None, radius=2.0).fit(codes.cuda())
+    on_cpu = OneClassDetector(None, radius=2.0).fit(codes)
+    for det in (on_gpu, on_cpu):
+        assert np.array_equal(det.score_samples(test.cuda()), want) and np.array_equal(det.score_samples(test), want)
+    assert np.array_equal(on_gpu.train_scores_, on_cpu.train_scores_)
+
+
+def test_numpy_integer_parameters():
+    """Sizes from numpy (a parameter grid) were refused as not being ints."""
+    codes = np.random.default_rng(6).normal(size=(10, 16, 10)).astype(np.float32)
+    det = OneClassDetector(None, branches=np.int64(16), chunk_size=np.int32(3), batch_size=np.int64(2)).fit(codes)
+    assert np.array_equal(det.score_samples(codes), OneClassDetector(None).fit(codes).score_samples(codes))
+
+
+def test_count_within_refuses_codes_of_another_layout():
+    """The native kernel took K and d from the queries: codes (n, 4, 5) or flat (n, 12) against
+    queries (M, 4, 3) were read in the wrong layout and counted, silently."""
+    q = torch.zeros(5, 4, 3)
+    for codes in (torch.zeros(7, 4, 5), torch.zeros(7, 2, 3), torch.zeros(7, 4, 1)):
+        with pytest.raises(ValueError, match="differ in branches or dimension"):
+            count_within(q, codes, 1.0)
+    for queries, codes in ((q, torch.zeros(7, 12)), (torch.zeros(5, 12), torch.zeros(7, 12)), ([[0.0]], q)):
+        with pytest.raises(ValueError, match="must be a real tensor"):
+            count_within(queries, codes, 1.0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        count_within(q, q, 1.0, chunk_size=0)
+
+
+def test_count_within_counts_mixed_dtypes_in_the_wider():
+    """float64 codes were read in float32 when the queries were float32 (rounded across the radius)."""
+    g = torch.Generator().manual_seed(7)
+    codes = torch.randint(-3, 4, (40, 2, 3), generator=g).double() + 2.0 ** -40
+    queries = torch.randint(-3, 4, (200, 2, 3), generator=g).float()
+    for metric, p in (("l1", 1), ("l2", 2), ("linf", float("inf"))):
+        want = brute_force(queries.double(), codes, 2.0, p)
+        assert torch.equal(count_within(queries, codes, 2.0, metric), want)
+        assert torch.equal(count_within(codes, queries, 2.0, metric), brute_force(codes, queries.double(), 2.0, p))
+
+
+def test_threshold_ties_are_inliers():
+    """The documented tie rule: leave-one-out counts tie at the quantile, and a score equal to
+    offset_ is an inlier, so with more than a tenth of the samples isolated nothing is an outlier."""
+    codes = np.zeros((20, 1, 1), np.float32)
+    codes[:3] = np.array([100.0, 200.0, 300.0])[:, None, None]  # three isolated samples: LOO score 0
+    det = OneClassDetector(None, radius=1.0, branches=1, contamination=0.1).fit(codes)
+    assert np.array_equal(np.sort(det.train_scores_), [0] * 3 + [16] * 17) and det.offset_ == 0.0
+    assert (det.fit_predict(codes) == 1).all() and det.predict(np.array([[[50.0]]], np.float32))[0] == 1
+    det.set_params(contamination=0.15).fit(codes)  # quantile between 0 and 16: the isolated ones are outliers
+    assert 0 < det.offset_ < 16 and np.array_equal(det.fit_predict(codes), np.where(det.train_scores_ == 0, -1, 1))
+
+
+def test_non_finite_training_scores_are_refused():
+    """A diverged baseline (DSEBM's reconstruction score at lr 1e6 gave NaN) set offset_ to NaN, and
+    predict then called every sample an outlier without a word."""
+    from corel.detection.base import BaseDetector
+
+    class Diverged(BaseDetector):
+        def __init__(self, contamination=0.1):
+            self.contamination = contamination
+
+        def _fit(self, X):
+            return np.where(np.arange(len(X)) == 2, np.nan, 1.0)
+
+        def _score_samples(self, X):
+            return np.ones(len(X))
+
+    det = Diverged()
+    with pytest.raises(ValueError, match="Diverged: 1 of the 5 training samples' scores are NaN or inf"):
+        det.fit(np.zeros(5))
+    assert not hasattr(det, "offset_")
+
+
+def test_codes_with_autograd_are_kept_detached():
+    codes = torch.randn(10, 16, 10, requires_grad=True)
+    det = OneClassDetector(None).fit(codes * 2)
+    assert not det.codes_.requires_grad and det.codes_.grad_fn is None

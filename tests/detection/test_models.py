@@ -47,6 +47,13 @@ def test_bad_configs():
         BranchedAutoencoder(AutoencoderConfig(input_shape=(3, 20, 20)))
     with pytest.raises(ValueError, match="blocks"):
         BlockLinear(10, 4, blocks=3)
+    # these crashed with ZeroDivisionError, IndexError or (at the first forward) TypeError
+    for bad in ({"branches": 0}, {"branch_dim": 0}, {"filters": ()}, {"filters": (32, -1)}, {"input_shape": (3, 0, 8)},
+                {"filters": (32.0,)}, {"branches": True}):
+        with pytest.raises(ValueError, match="positive ints"):
+            BranchedAutoencoder(AutoencoderConfig(kind="mlp", **bad))
+    with pytest.raises(ValueError, match="negative_slope"):
+        BranchedAutoencoder(AutoencoderConfig(negative_slope="0.1"))
 
 
 @pytest.mark.parametrize("init, fan_in", [("layer", (2048, 160)), ("block", (128, 10))])

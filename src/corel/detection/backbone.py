@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from corel._io import load_checked, save_checked
+from corel.detection.base import check_ints
 from corel.detection.images import as_image_tensor
 from corel.detection.models import AutoencoderConfig, BranchedAutoencoder
 from corel.topology.distances import Metric, check_scale, metric_name
@@ -63,12 +64,13 @@ class Backbone:
 
     @torch.no_grad()
     def encode(self, x: np.ndarray | Tensor, batch_size: int = 1000, device: str | torch.device | None = None) -> Tensor:
-        """Images (N, *input_shape) -> codes (N, branches, branch_dim) on CPU, in batches, no autograd."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        """Images (N, *input_shape) -> codes (N, branches, branch_dim) on CPU, in batches, no autograd.
+        ``device``: where to encode (the model moves there); None = where the model is."""
+        check_ints(1, batch_size=batch_size)
         images = as_image_tensor(x, self.config.input_shape)
         device = torch.device(device) if device is not None else next(self.model.parameters()).device
-        self.model.eval()
+        # a loaded detector's backbone is on the CPU whatever its device parameter says
+        self.model.to(device).eval()
         codes = [self.model.encode(images[i: i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)]
         return torch.cat(codes).reshape(len(images), self.config.branches, self.config.branch_dim)
 

@@ -3,15 +3,20 @@
 The conventions are scikit-learn's novelty detectors (``LocalOutlierFactor(novelty=True)``):
 parameters are set in ``__init__`` and learned state ends in ``_``; ``fit(X)`` learns the class
 from its samples and returns self; ``score_samples(X)`` is higher for more normal samples;
-``offset_`` is set at fit time so that a fraction ``contamination`` of the training samples falls
-below it; ``decision_function(X) = score_samples(X) - offset_`` is negative for outliers and
-``predict(X)`` gives +1 (inlier) or -1 (outlier).
+``offset_`` is set at fit time so that about a fraction ``contamination`` of the training samples
+falls below it; ``decision_function(X) = score_samples(X) - offset_`` is negative for outliers and
+``predict(X)`` gives +1 (inlier) or -1 (outlier); a score equal to ``offset_`` is an inlier.
+
+Ties: OneClassDetector's scores are counts, so many training scores can equal the quantile, and
+all of them are inliers: fewer than ``contamination`` of the training samples may be outliers
+(none when that many have the lowest score; e.g. offset 0 when more than a tenth of them have no
+neighbour within the radius, and then no sample at all is an outlier).  ``train_scores_`` shows the spread.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from numbers import Real
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
@@ -26,9 +31,27 @@ def check_contamination(contamination: Any) -> float:
     return float(contamination)
 
 
+def check_ints(minimum: int, **params: Any) -> None:
+    """ValueError naming the first of ``params`` that is not an int >= ``minimum`` (numpy integers
+    pass; bools, floats and text do not, which crashed later in range() or a comparison)."""
+    for name, value in params.items():
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+            kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+            raise ValueError(f"{name} must be {kind}, got {value!r}")
+
+
+def check_seed(seed: Any) -> int:
+    """A seed for torch's generators: an int in [-2**63, 2**64) (numpy integers too) as a Python int;
+    ValueError otherwise (a numpy seed made torch.Generator.manual_seed raise TypeError)."""
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or not -2 ** 63 <= seed < 2 ** 64:
+        raise ValueError(f"seed must be an int in [-2**63, 2**64), got {seed!r}")
+    return int(seed)
+
+
 def offset_from_scores(train_scores: np.ndarray, contamination: float) -> float:
-    """The threshold below which a fraction ``contamination`` of ``train_scores`` lies: their
-    ``contamination``-quantile, or with contamination 0 the next number below the lowest (only
+    """The threshold below which about a fraction ``contamination`` of ``train_scores`` lies: their
+    ``contamination``-quantile (linearly interpolated, as scikit-learn's; fewer lie below where
+    scores tie at it), or with contamination 0 the next number below the lowest (only
     scores under every training score are outliers)."""
     if contamination > 0:
         return float(np.quantile(train_scores, contamination))
@@ -49,15 +72,28 @@ class BaseDetector(OutlierMixin, BaseEstimator, ABC):
     contamination: float
 
     def fit(self, X: Any, y: None = None) -> "BaseDetector":
-        """Learns the class from its samples ``X``; ``y`` is ignored (one-class)."""
-        contamination = check_contamination(self.contamination)
-        self.train_scores_ = np.asarray(self._fit(X), dtype=np.float64)
-        self.offset_ = offset_from_scores(self.train_scores_, contamination)
+        """Learns the class from its samples ``X``; ``y`` is ignored (one-class).  A fit that raises
+        leaves the detector as it was: ``_fit`` sets its state piece by piece, and a refit that failed
+        halfway (bad input, bad parameter) would otherwise score with the new radius or input shape
+        against the old codes, network and offset."""
+        before = dict(vars(self))
+        try:
+            contamination = check_contamination(self.contamination)
+            self.train_scores_ = np.asarray(self._fit(X), dtype=np.float64)
+            bad = int(np.count_nonzero(~np.isfinite(self.train_scores_)))
+            if bad:  # else offset_ became NaN and predict called every sample an outlier
+                raise ValueError(f"{type(self).__name__}: {bad} of the {len(self.train_scores_)} training samples' "
+                                 "scores are NaN or inf; did the training diverge (learning rate)?")
+            self.offset_ = offset_from_scores(self.train_scores_, contamination)
+        except BaseException:
+            vars(self).clear()
+            vars(self).update(before)
+            raise
         return self
 
     def fit_predict(self, X: Any, y: None = None) -> np.ndarray:
         """Fits on ``X`` and returns its samples' own predictions (+1 / -1) from the training
-        scores that set ``offset_`` (a fraction ``contamination`` of -1): ``fit(X).predict(X)``
+        scores that set ``offset_`` (about a fraction ``contamination`` of -1, fewer with ties): ``fit(X).predict(X)``
         would score each sample against itself as well (the ball counts then find every training
         sample normal)."""
         self.fit(X, y)

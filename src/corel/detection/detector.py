@@ -20,7 +20,7 @@ from torch import Tensor
 from corel._io import load_checked, save_checked
 from corel._native._kernels import count_within as native_count_within
 from corel.detection.backbone import Backbone, resolve_backbone
-from corel.detection.base import BaseDetector
+from corel.detection.base import BaseDetector, check_ints
 from corel.topology.distances import (
     Metric,
     check_finite,
@@ -40,7 +40,8 @@ def count_within(queries: Tensor, codes: Tensor, radius: float, metric: Metric =
     """Per query, the number of codes within ``radius`` (a number >= 0, boundary included), summed
     over branches; ValueError for NaN or inf coordinates.
 
-    queries: (M, K, d), codes: (n, K, d), same dtype -> (M,) int64.  Distances are exact (no matmul
+    queries: (M, K, d), codes: (n, K, d) -> (M,) int64, counted in float64 if either is float64,
+    else float32, on the queries' device; other shapes raise ValueError.  Distances are exact (no matmul
     expansion) and compared as the H0 engines compare them (l1 and squared l2 summed in corel's
     fixed order, :func:`~corel.topology.distances.compared_pairwise`), so a code exactly at the
     radius counts alike on every device; l2 at radii whose square leaves the dtype is counted on
@@ -49,6 +50,14 @@ def count_within(queries: Tensor, codes: Tensor, radius: float, metric: Metric =
     time, fewer where their differences to the codes would exceed TILE_ELEMENTS entries.
     """
     p = metric_order(metric)
+    check_ints(1, chunk_size=chunk_size)
+    for name, x in (("queries", queries), ("codes", codes)):
+        if not isinstance(x, Tensor) or x.ndim != 3 or x.is_complex():
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"{name} must be a real tensor (N, branches, dim), got {shape}")
+    if queries.shape[1:] != codes.shape[1:]:  # the native kernel read codes of another layout as if they fit
+        raise ValueError(f"queries (M, {', '.join(map(str, queries.shape[1:]))}) and codes "
+                         f"(n, {', '.join(map(str, codes.shape[1:]))}) differ in branches or dimension")
     if isinstance(radius, Tensor) and radius.numel() == 1:
         radius = radius.item()
     if isinstance(radius, bool) or not isinstance(radius, Real) or not 0 <= radius < math.inf:
@@ -56,6 +65,9 @@ def count_within(queries: Tensor, codes: Tensor, radius: float, metric: Metric =
     check_finite(queries, "queries")  # a NaN coordinate has no distance (the kernels' maxima would skip it)
     check_finite(codes, "codes")
     queries, codes = measured_in(queries), measured_in(codes)  # the dtypes the native kernel counts in
+    # one dtype for both: the kernel read the codes in the queries' dtype, rounding float64 codes
+    dtype = torch.promote_types(queries.dtype, codes.dtype)
+    queries, codes = queries.to(dtype), codes.to(queries.device, dtype)
     if p == 2.0:
         queries, codes, radius = _squares_in_range(queries, codes, float(radius))
     if queries.device.type == "cpu":
@@ -102,12 +114,6 @@ def count_in_tiles(queries: Tensor, codes: Tensor, radius: float, p: float, chun
     return torch.cat(out)
 
 
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 class OneClassDetector(BaseDetector):
     """Latent ball-counting one-class detector.
 
@@ -131,7 +137,7 @@ class OneClassDetector(BaseDetector):
     batch_size, chunk_size : int
         Images per encoding batch; queries per scoring chunk off the CPU (memory bounds).
     device : str, optional
-        Where the backbone encodes (default: where it is).
+        Where the backbone encodes (default: where it is); its model moves there.
 
     Attributes
     ----------
@@ -165,12 +171,17 @@ class OneClassDetector(BaseDetector):
         self.chunk_size = chunk_size
         self.device = device
 
-    def _codes(self, X: Any) -> Tensor:
+    def _codes(self, X: Any, branches: int) -> Tensor:
+        """Codes (N, branches, dim) of X: images encoded by the backbone, or codes as given, flat
+        ones (N, D) split into ``branches``."""
         if self.backbone_ is not None:
-            return self.backbone_.encode(X, batch_size=self.batch_size, device=self.device)
+            codes = self.backbone_.encode(X, batch_size=self.batch_size, device=self.device)
+            # else count_within blamed the "queries"; NaN codes come from the weights (a diverged training)
+            check_finite(codes, "the backbone's encoding of these images")
+            return codes
         if not isinstance(X, (np.ndarray, Tensor)):
             raise ValueError(f"codes must be a numpy array or a torch tensor, got {type(X).__name__}")
-        codes = torch.as_tensor(X)
+        codes = torch.as_tensor(X).detach()  # codes_ must not keep the caller's autograd graph alive
         if not codes.is_floating_point():
             raise ValueError(f"codes must be floating point, got {codes.dtype}")
         if codes.ndim not in (2, 3):
@@ -178,35 +189,34 @@ class OneClassDetector(BaseDetector):
         if codes.shape[0] == 0:
             raise ValueError("no codes given (N = 0)")
         if codes.ndim == 2:
-            if codes.shape[1] % self.branches:
-                raise ValueError(f"code dimension {codes.shape[1]} does not split into {self.branches} branches")
-            codes = codes.reshape(codes.shape[0], self.branches, -1)
-        if not torch.isfinite(codes).all():
-            raise ValueError("codes contain NaN or inf values")
+            if codes.shape[1] % branches:
+                raise ValueError(f"code dimension {codes.shape[1]} does not split into {branches} branches")
+            codes = codes.reshape(codes.shape[0], branches, -1)
+        check_finite(codes, "codes")
         return codes
 
     def _fit(self, X: Any) -> np.ndarray:
         """Encodes the class samples X (images for a backbone, else codes) and keeps their codes."""
-        _positive_int(self.branches, "branches")
-        _positive_int(self.batch_size, "batch_size")
-        _positive_int(self.chunk_size, "chunk_size")
+        check_ints(1, branches=self.branches, batch_size=self.batch_size, chunk_size=self.chunk_size)
         self.backbone_ = None if self.backbone is None else resolve_backbone(self.backbone, self.device or "cpu")
         default_radius = self.backbone_.eta if self.backbone_ is not None else 2.0
         self.radius_ = check_scale(self.radius if self.radius is not None else default_radius, "radius")
         default_metric = self.backbone_.metric if self.backbone_ is not None else "l1"
         self.metric_ = metric_name(self.metric if self.metric is not None else default_metric)
-        self.codes_ = self._codes(X)
+        self.codes_ = self._codes(X, self.branches)
         # leave-one-out training scores: every sample finds itself once per branch
         own = count_within(self.codes_, self.codes_, self.radius_, self.metric_, self.chunk_size) - self.codes_.shape[1]
-        return own.numpy()
+        return own.cpu().numpy()
 
     def _score_samples(self, X: Any) -> np.ndarray:
         """(N,) number of class codes within radius of each sample's code, summed over branches;
-        higher = more normal."""
-        codes = self._codes(X)
+        higher = more normal.  Flat codes split into the fitted branches."""
+        codes = self._codes(X, self.codes_.shape[1])
         if codes.shape[1:] != self.codes_.shape[1:]:
             raise ValueError(f"codes of shape {tuple(codes.shape[1:])} do not match the fitted {tuple(self.codes_.shape[1:])}")
-        return count_within(codes.to(self.codes_.dtype), self.codes_, self.radius_, self.metric_, self.chunk_size).numpy()
+        # counted where the class codes are (a GPU), in the wider of the two dtypes
+        return count_within(codes.to(self.codes_.device), self.codes_, self.radius_, self.metric_,
+                            self.chunk_size).cpu().numpy()
 
     def to_dict(self) -> dict[str, Any]:
         """The fitted detector as plain types and CPU tensors, backbone included."""
@@ -221,10 +231,13 @@ class OneClassDetector(BaseDetector):
         try:
             backbone = None if content["backbone"] is None else Backbone.from_dict(content["backbone"], where=where)
             det = cls(backbone=backbone, **content["params"])
-            codes, radius, offset = content["codes"], content["radius"], content["offset"]
-            metric = metric_name(content["metric"])
+            codes, radius, offset, metric = content["codes"], content["radius"], content["offset"], content["metric"]
         except (KeyError, TypeError) as e:
             raise ValueError(f"{where} is not a valid detector file ({type(e).__name__}: {e})") from e
+        try:
+            metric = metric_name(metric)
+        except ValueError as e:
+            raise ValueError(f"{where}: the detector's metric: {e}") from e
         if not isinstance(codes, Tensor) or codes.ndim != 3 or codes.shape[0] == 0 or not codes.is_floating_point() \
                 or not torch.isfinite(codes).all():
             raise ValueError(f"{where}: the detector's codes must be a finite (n, branches, dim) tensor")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from numbers import Real
 
 import torch
 from torch import Tensor, nn
@@ -94,6 +95,12 @@ class BranchedAutoencoder(nn.Module):
         super().__init__()
         self.config = config
         c = config
+        sizes = (*c.input_shape, *c.filters, c.branches, c.branch_dim)
+        if not c.filters or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
+            raise ValueError(f"input_shape, filters (at least one), branches and branch_dim must be positive ints, "
+                             f"got {c.input_shape}, {c.filters}, {c.branches}, {c.branch_dim}")
+        if isinstance(c.negative_slope, bool) or not isinstance(c.negative_slope, Real):
+            raise ValueError(f"negative_slope must be a number, got {c.negative_slope!r}")
         if c.kind == "conv":
             if len(c.input_shape) != 3:
                 raise ValueError(f"a conv autoencoder needs input_shape (C, H, W), got {c.input_shape}")

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from numbers import Real
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 
-from corel.detection.base import BaseDetector
+from corel.detection.base import BaseDetector, check_ints, check_seed
 from corel.detection.images import as_image_tensor
 
 
@@ -47,7 +48,10 @@ def train(
     name: str = "",
 ) -> None:
     """Mini-batch training: per epoch, ``loss_fn(data[batch])`` over shuffled batches, one optimizer step
-    each; ``scheduler`` steps once per epoch.  ``data`` lives on the training device."""
+    each; ``scheduler`` steps once per epoch.  ``data`` lives on the training device.  ``batch_size``
+    must be >= 2: every network here has batch norm, and :func:`minibatches` drops batches of one,
+    so batch_size 1 trained nothing at all (without a word)."""
+    check_ints(2, batch_size=batch_size)
     model.train()
     for epoch in range(epochs):
         total, count = 0.0, 0
@@ -68,11 +72,20 @@ def in_batches(fn: Callable[[Tensor], Tensor], images: Tensor, batch_size: int, 
     return torch.cat([fn(images[i: i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)])
 
 
-def check_positive(**params: float) -> None:
-    """ValueError naming the first parameter that is not > 0."""
+def _check_numbers(params: dict[str, Any], zero: bool) -> None:
     for name, value in params.items():
-        if not value > 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
+        if isinstance(value, bool) or not isinstance(value, Real) or not (value >= 0 if zero else value > 0):
+            raise ValueError(f"{name} must be a number {'>=' if zero else '>'} 0, got {value!r}")
+
+
+def check_positive(**params: float) -> None:
+    """ValueError naming the first parameter that is not a number > 0 (NaN and text included)."""
+    _check_numbers(params, zero=False)
+
+
+def check_non_negative(**params: float) -> None:
+    """ValueError naming the first parameter that is not a number >= 0."""
+    _check_numbers(params, zero=True)
 
 
 class BaselineDetector(BaseDetector):
@@ -81,7 +94,7 @@ class BaselineDetector(BaseDetector):
     ``self.seed``, the work on ``self.device``.
 
     Subclasses implement ``_train(images)`` and ``_score(images) -> (N,)``; both receive float32
-    CPU tensors in [0, 1] (N, C, H, W) and run seeded on ``self.device_``.  The training samples'
+    CPU tensors in [0, 1] (N, C, H, W) and run seeded (``self.seed_``) on ``self.device_``.  The training samples'
     scores, which set ``offset_``, are ``_score`` of the training images.
     """
 
@@ -92,9 +105,10 @@ class BaselineDetector(BaseDetector):
         images = as_image_tensor(X)
         if len(images) < 2:
             raise ValueError(f"need at least 2 class samples to fit, got {len(images)}")
+        self.seed_ = check_seed(self.seed)
         self.device_ = torch.device(self.device)
         self.input_shape_ = tuple(images.shape[1:])
-        with seeded(self.seed, self.device_):
+        with seeded(self.seed_, self.device_):
             self._train(images)
             return self._score(images).double().numpy()
 
@@ -102,7 +116,7 @@ class BaselineDetector(BaseDetector):
         """(N,) float64 normality scores of images X (N, *input_shape_); higher = more normal."""
         check_is_fitted(self, "input_shape_")
         images = as_image_tensor(X, self.input_shape_)
-        with seeded(self.seed, self.device_):
+        with seeded(self.seed_, self.device_):
             return self._score(images).double().numpy()
 
     def _train(self, images: Tensor) -> None:

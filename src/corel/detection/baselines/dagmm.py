@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from corel.detection.base import check_ints
 from corel.detection.baselines._common import BaselineDetector, check_positive, in_batches, train
 from corel.detection.baselines._networks import ConvDecoder, ConvEncoder, to_signed
 
@@ -24,6 +25,7 @@ class DAGMMNetwork(nn.Module):
 
     def __init__(self, input_shape: tuple[int, int, int], latent_dim: int = 5, components: int = 3):
         super().__init__()
+        self.z_dim = latent_dim + 2
         self.encoder = ConvEncoder(input_shape, latent_dim, None)
         self.decoder = ConvDecoder(input_shape, latent_dim)
         self.estimation = nn.Sequential(
@@ -105,8 +107,8 @@ class DAGMM(BaselineDetector):
         self.verbose = verbose
 
     def _train(self, images: Tensor) -> None:
-        check_positive(latent_dim=self.latent_dim, components=self.components, jitter=self.jitter,
-                       epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
+        check_ints(1, latent_dim=self.latent_dim, components=self.components, epochs=self.epochs)
+        check_positive(jitter=self.jitter, lr=self.lr)
         self.network_ = DAGMMNetwork(self.input_shape_, self.latent_dim, self.components).to(self.device_)
 
         def loss(x: Tensor) -> Tensor:
@@ -117,7 +119,7 @@ class DAGMM(BaselineDetector):
             return ((reconstruction - x).pow(2).mean() + self.lambda_energy * sample_energy(z, phi, mu, sigma).mean()
                     + self.lambda_diag * diag_penalty)
 
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.seed_)
         optimizer = torch.optim.Adam(self.network_.parameters(), lr=self.lr)
         train(self.network_, loss, images.to(self.device_), optimizer, self.epochs, self.batch_size, generator,
               verbose=self.verbose, name="DAGMM")
@@ -131,7 +133,7 @@ class DAGMM(BaselineDetector):
         self.network_.eval()
         both = in_batches(lambda x: torch.cat(self.network_(to_signed(x))[1:], dim=1), images, 1000, self.device_)
         both = both.double()
-        return both[:, : self.latent_dim + 2], both[:, self.latent_dim + 2:]
+        return both[:, : self.network_.z_dim], both[:, self.network_.z_dim:]
 
     def _score(self, images: Tensor) -> Tensor:
         z, _ = self._latent(images)

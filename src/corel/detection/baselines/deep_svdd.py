@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from corel.detection.baselines._common import BaselineDetector, check_positive, in_batches, train
+from corel.detection.base import check_ints
+from corel.detection.baselines._common import (BaselineDetector, check_non_negative, check_positive, in_batches,
+                                                  train)
 
 
 def global_contrast_normalization(x: Tensor) -> Tensor:
@@ -123,15 +125,17 @@ class DeepSVDD(BaselineDetector):
         return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[milestone], gamma=0.1)
 
     def _train(self, images: Tensor) -> None:
-        check_positive(rep_dim=self.rep_dim, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, eps=self.eps)
-        if self.pretrain_epochs < 0 or self.weight_decay < 0:
-            raise ValueError("pretrain_epochs and weight_decay must be >= 0")
+        check_ints(1, rep_dim=self.rep_dim, epochs=self.epochs)
+        check_ints(0, pretrain_epochs=self.pretrain_epochs, pretrain_milestone=self.pretrain_milestone,
+                   milestone=self.milestone)
+        check_positive(lr=self.lr, eps=self.eps)
+        check_non_negative(weight_decay=self.weight_decay)
         gcn = global_contrast_normalization(images)
         self.min_, self.max_ = gcn.min().item(), gcn.max().item()
         if not self.max_ > self.min_:
             raise ValueError("all class samples are constant images; nothing to learn")
         data = self._preprocess(images).to(self.device_)
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.seed_)
         self.net_ = LeNetEncoder(self.input_shape_, self.rep_dim).to(self.device_)
 
         if self.pretrain_epochs > 0:

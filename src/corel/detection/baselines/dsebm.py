@@ -6,7 +6,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from corel.detection.baselines._common import BaselineDetector, check_positive, in_batches, train
+from corel.detection.base import check_ints
+from corel.detection.baselines._common import (BaselineDetector, check_non_negative, check_positive, in_batches,
+                                                  train)
 from corel.detection.baselines._networks import ConvEncoder, to_signed
 
 
@@ -65,11 +67,12 @@ class DSEBM(BaselineDetector):
         self.verbose = verbose
 
     def _train(self, images: Tensor) -> None:
-        check_positive(code_dim=self.code_dim, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
+        check_ints(1, code_dim=self.code_dim, epochs=self.epochs)
+        check_positive(lr=self.lr)
         if self.score not in ("energy", "reconstruction"):
             raise ValueError(f"score must be 'energy' or 'reconstruction', got {self.score!r}")
-        if self.noise_std < 0:
-            raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
+        check_non_negative(noise_std=self.noise_std)
+        self.score_ = self.score  # fixed at fit, as every parameter (set_params after fit changes nothing)
         self.model_ = EnergyModel(self.input_shape_, self.code_dim).to(self.device_)
 
         def score_matching(x: Tensor) -> Tensor:
@@ -78,7 +81,7 @@ class DSEBM(BaselineDetector):
             reconstruction = noisy - self.model_.energy_gradient(noisy, create_graph=True)
             return (reconstruction - x).pow(2).mean()
 
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.seed_)
         optimizer = torch.optim.Adam(self.model_.parameters(), lr=self.lr)
         train(self.model_, score_matching, images.to(self.device_), optimizer, self.epochs, self.batch_size, generator,
               verbose=self.verbose, name="DSEBM")
@@ -89,7 +92,7 @@ class DSEBM(BaselineDetector):
 
         def score(x: Tensor) -> Tensor:
             x = to_signed(x)
-            if self.score == "energy":
+            if self.score_ == "energy":
                 with torch.no_grad():
                     return -self.model_(x)
             return -self.model_.energy_gradient(x).pow(2).flatten(1).sum(dim=1)

@@ -15,7 +15,9 @@ import torch.nn.functional as F
 from scipy.special import digamma, gammaln, polygamma
 from torch import Tensor, nn
 
-from corel.detection.baselines._common import BaselineDetector, check_positive, in_batches, train
+from corel.detection.base import check_ints
+from corel.detection.baselines._common import (BaselineDetector, check_non_negative, check_positive, in_batches,
+                                                  train)
 
 
 class Transformation(NamedTuple):
@@ -213,17 +215,19 @@ class GEOM(BaselineDetector):
         self.verbose = verbose
 
     def _train(self, images: Tensor) -> None:
-        check_positive(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
+        check_ints(1, epochs=self.epochs)
+        check_positive(lr=self.lr)
         if self.score not in ("dirichlet", "simple"):
             raise ValueError(f"score must be 'dirichlet' or 'simple', got {self.score!r}")
+        self.score_ = self.score  # fixed at fit: the Dirichlet fit below exists only for "dirichlet"
         channels, height, width = self.input_shape_
         if height != width:
             raise ValueError(f"GEOM rotates by quarter turns and needs square images, got {height}x{width}")
         self.shift_ = height // 4 if self.shift is None else self.shift
-        if not 0 <= self.shift_ < height:
+        check_ints(0, shift=self.shift_)
+        if not self.shift_ < height:
             raise ValueError(f"shift must be in [0, {height}) for {height}x{width} images, got {self.shift_}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        check_non_negative(weight_decay=self.weight_decay)
         depth, widen_factor = parse_network(self.net)
         # channels-last convolutions: 1.2-2x faster on CPU (oneDNN), the same results up to rounding
         self.network_ = WideResNet(channels, len(TRANSFORMATIONS), depth, widen_factor).to(
@@ -236,12 +240,12 @@ class GEOM(BaselineDetector):
             x = transform(data[pairs // t_count], t, self.shift_)
             return F.cross_entropy(self.network_(_network_input(x)), t)
 
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.seed_)
         optimizer = torch.optim.Adam(self.network_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         train(self.network_, loss, torch.arange(len(images) * t_count, device=self.device_), optimizer, self.epochs,
               self.batch_size, generator, verbose=self.verbose, name="GEOM")
         self.network_.eval()
-        if self.score == "dirichlet":
+        if self.score_ == "dirichlet":
             self.alpha_ = fit_dirichlet(self._log_probs(images).double().numpy())  # (72 transformations, 72)
             self.log_normalizer_ = gammaln(self.alpha_.sum(axis=1)) - gammaln(self.alpha_).sum(axis=1)  # (72,)
 
@@ -259,7 +263,7 @@ class GEOM(BaselineDetector):
 
     def _score(self, images: Tensor) -> Tensor:
         log_p = self._log_probs(images).double()
-        if self.score == "simple":
+        if self.score_ == "simple":
             return log_p.diagonal(dim1=1, dim2=2).sum(dim=1)
         alpha = torch.from_numpy(self.alpha_)
         return ((alpha - 1) * log_p).sum(dim=(1, 2)) + float(self.log_normalizer_.sum())

@@ -3,6 +3,7 @@ baseline of Golan & El-Yaniv, NeurIPS 2018), or on the codes of a given encoder.
 
 from __future__ import annotations
 
+from numbers import Real
 from typing import Callable
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from sklearn.svm import OneClassSVM
 from torch import Tensor, nn
 
+from corel.detection.base import check_ints
 from corel.detection.baselines._common import BaselineDetector, check_positive, in_batches, train
 from corel.detection.baselines._networks import ConvDecoder, ConvEncoder, to_signed
 
@@ -59,10 +61,11 @@ class OCSVMCAE(BaselineDetector):
         self.verbose = verbose
 
     def _train(self, images: Tensor) -> None:
-        if not 0 < self.nu <= 1:
-            raise ValueError(f"nu must be in (0, 1], got {self.nu}")
+        if isinstance(self.nu, bool) or not isinstance(self.nu, Real) or not 0 < self.nu <= 1:
+            raise ValueError(f"nu must be in (0, 1], got {self.nu!r}")
         if self.encoder is None:
-            check_positive(code_dim=self.code_dim, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
+            check_ints(1, code_dim=self.code_dim, epochs=self.epochs)
+            check_positive(lr=self.lr)
             self.encoder_ = ConvEncoder(self.input_shape_, self.code_dim, nn.Tanh()).to(self.device_)
             decoder = ConvDecoder(self.input_shape_, self.code_dim).to(self.device_)
             autoencoder = nn.Sequential(self.encoder_, decoder)
@@ -71,22 +74,22 @@ class OCSVMCAE(BaselineDetector):
                 x = to_signed(x)
                 return (autoencoder(x) - x).pow(2).mean()
 
-            generator = torch.Generator().manual_seed(self.seed)
+            generator = torch.Generator().manual_seed(self.seed_)
             optimizer = torch.optim.Adam(autoencoder.parameters(), lr=self.lr)
             train(autoencoder, loss, images.to(self.device_), optimizer, self.epochs, self.batch_size, generator,
                   verbose=self.verbose, name="CAE")
         else:
             self.encoder_ = self.encoder
+        self.own_encoder_ = self.encoder is None  # its autoencoder takes [-1, 1] images, a given encoder [0, 1]
         self.svm_ = OneClassSVM(kernel="rbf", nu=self.nu, gamma=self.gamma).fit(self._codes(images))
 
     @torch.no_grad()
     def _codes(self, images: Tensor) -> np.ndarray:
         if isinstance(self.encoder_, nn.Module):
             self.encoder_.eval()
-        own = self.encoder is None
 
         def encode(x: Tensor) -> Tensor:
-            return torch.as_tensor(self.encoder_(to_signed(x) if own else x)).reshape(len(x), -1).float()
+            return torch.as_tensor(self.encoder_(to_signed(x) if self.own_encoder_ else x)).reshape(len(x), -1).float()
 
         codes = in_batches(encode, images, 1000, self.device_).double().numpy()
         if not np.isfinite(codes).all():
