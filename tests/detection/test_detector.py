@@ -119,6 +119,19 @@ def test_save_load_round_trip(tmp_path):
     test = rng.normal(size=(15, 160)).astype(np.float32)
     assert np.array_equal(again.score_samples(test), det.score_samples(test))
     assert again.offset_ == det.offset_
+    assert np.array_equal(again.train_scores_, det.train_scores_)  # the fitted state is whole after a load
+    assert np.array_equal(again.fit_predict(codes), det.fit_predict(codes))
+
+
+def test_a_file_does_not_bind_the_device_it_was_fitted_on(tmp_path):
+    """A detector fitted with device="cuda" was saved with it and could not score on a machine
+    without a GPU; the device is where a process computes, chosen at load."""
+    det = OneClassDetector(None, radius=5.0, device="cpu").fit(np.zeros((4, 16, 10), np.float32))
+    det.set_params(device="cuda")  # as a fit on a GPU machine leaves it
+    det.save(tmp_path / "det.pt")
+    again = OneClassDetector.load(tmp_path / "det.pt")
+    assert again.device is None and again.score_samples(np.zeros((2, 16, 10), np.float32)).tolist() == [64, 64]
+    assert OneClassDetector.load(tmp_path / "det.pt", device="cpu").device == "cpu"
 
 
 def test_bad_input():

@@ -204,9 +204,12 @@ class OneClassDetector(BaseDetector):
         default_metric = self.backbone_.metric if self.backbone_ is not None else "l1"
         self.metric_ = metric_name(self.metric if self.metric is not None else default_metric)
         self.codes_ = self._codes(X, self.branches)
-        # leave-one-out training scores: every sample finds itself once per branch
+        return self._leave_one_out_scores()
+
+    def _leave_one_out_scores(self) -> np.ndarray:
+        """(n,) the class codes' scores against the others: every code finds itself once per branch."""
         own = count_within(self.codes_, self.codes_, self.radius_, self.metric_, self.chunk_size) - self.codes_.shape[1]
-        return own.cpu().numpy()
+        return own.cpu().numpy().astype(np.float64)
 
     def _score_samples(self, X: Any) -> np.ndarray:
         """(N,) number of class codes within radius of each sample's code, summed over branches;
@@ -219,18 +222,20 @@ class OneClassDetector(BaseDetector):
                             self.chunk_size).cpu().numpy()
 
     def to_dict(self) -> dict[str, Any]:
-        """The fitted detector as plain types and CPU tensors, backbone included."""
+        """The fitted detector as plain types and CPU tensors, backbone included; without its
+        ``device``, which says where this process computes (a file fitted on a GPU is scored anywhere)."""
         check_is_fitted(self, "codes_")
-        params = {k: v for k, v in self.get_params().items() if k != "backbone"}
+        params = {k: v for k, v in self.get_params().items() if k != "backbone"} | {"device": None}
         return {"params": params, "backbone": None if self.backbone_ is None else self.backbone_.to_dict(),
                 "codes": self.codes_.cpu(), "radius": self.radius_, "metric": self.metric_, "offset": self.offset_}
 
     @classmethod
-    def from_dict(cls, content: dict[str, Any], where: str = "detector") -> "OneClassDetector":
-        """The inverse of :meth:`to_dict`, validated: ValueError naming ``where`` for bad content."""
+    def from_dict(cls, content: dict[str, Any], where: str = "detector", device: str | None = None) -> "OneClassDetector":
+        """The inverse of :meth:`to_dict`, validated: ValueError naming ``where`` for bad content.
+        ``device``: where it encodes and counts (default: the CPU); ``train_scores_`` is recomputed."""
         try:
             backbone = None if content["backbone"] is None else Backbone.from_dict(content["backbone"], where=where)
-            det = cls(backbone=backbone, **content["params"])
+            det = cls(backbone=backbone, **{**content["params"], "device": device})
             codes, radius, offset, metric = content["codes"], content["radius"], content["offset"], content["metric"]
         except (KeyError, TypeError) as e:
             raise ValueError(f"{where} is not a valid detector file ({type(e).__name__}: {e})") from e
@@ -247,6 +252,7 @@ class OneClassDetector(BaseDetector):
             raise ValueError(f"{where}: the detector's offset must be a finite number, got {offset!r}")
         det.backbone_, det.codes_, det.metric_, det.offset_ = backbone, codes, metric, float(offset)
         det.radius_ = check_scale(radius, f"{where}: the detector's radius")
+        det.train_scores_ = det._leave_one_out_scores()
         return det
 
     def save(self, path: str | os.PathLike) -> None:
@@ -254,7 +260,8 @@ class OneClassDetector(BaseDetector):
         save_checked(self.to_dict(), path, format=FORMAT, version=VERSION)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "OneClassDetector":
-        """Reads a file written by :meth:`save`; a damaged, foreign or invalid file raises ValueError."""
+    def load(cls, path: str | os.PathLike, device: str | None = None) -> "OneClassDetector":
+        """Reads a file written by :meth:`save` to work on ``device`` (default: the CPU); a damaged,
+        foreign or invalid file raises ValueError."""
         return cls.from_dict(load_checked(path, format=FORMAT, version=VERSION, what="corel one-class detector file"),
-                             where=str(path))
+                             where=str(path), device=device)
