@@ -9,7 +9,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # lower rank = lower layer; an import may point to its own rank or lower
-RANKS = {"corel._io": 0, "corel._native": 0, "corel.topology": 1, "corel.pershom": 1, "corel.detection": 2,
+RANKS = {"corel._checks": 0, "corel._io": 0, "corel._native": 0, "corel.topology": 1, "corel.pershom": 1, "corel.detection": 2,
          "corel.experiments": 3, "corel": 4}
 HEAVY = ("sklearn", "PIL", "lightning", "matplotlib", "triton")
 

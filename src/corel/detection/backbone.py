@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from corel._checks import check_ints
 from corel._io import load_checked, save_checked
-from corel.detection.base import check_ints
 from corel.detection.images import as_image_tensor
 from corel.detection.models import AutoencoderConfig, BranchedAutoencoder
 from corel.topology.distances import Metric, check_scale, metric_name

@@ -31,15 +31,6 @@ def check_contamination(contamination: Any) -> float:
     return float(contamination)
 
 
-def check_ints(minimum: int, **params: Any) -> None:
-    """ValueError naming the first of ``params`` that is not an int >= ``minimum`` (numpy integers
-    pass; bools, floats and text do not, which crashed later in range() or a comparison)."""
-    for name, value in params.items():
-        if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-            kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-            raise ValueError(f"{name} must be {kind}, got {value!r}")
-
-
 def check_seed(seed: Any) -> int:
     """A seed for torch's generators: an int in [-2**63, 2**64) (numpy integers too) as a Python int;
     ValueError otherwise (a numpy seed made torch.Generator.manual_seed raise TypeError)."""

@@ -17,10 +17,11 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
 
+from corel._checks import check_ints
 from corel._io import load_checked, save_checked
 from corel._native._kernels import count_within as native_count_within
 from corel.detection.backbone import Backbone, resolve_backbone
-from corel.detection.base import BaseDetector, check_ints
+from corel.detection.base import BaseDetector
 from corel.topology.distances import (
     Metric,
     check_finite,

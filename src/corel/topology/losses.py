@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from corel._checks import check_ints
 from corel.topology.diagram import Diagram, persistence_pairs
 from corel.topology.distances import Metric, check_scale, metric_order, plain_number
 from corel.topology.h0 import BACKENDS, h0_persistence
@@ -40,8 +41,7 @@ class ConnectivityLoss(nn.Module):
                  backend: str = "auto", check: bool = True):
         super().__init__()
         eta = check_scale(eta, "eta")
-        if isinstance(branches, bool) or not (isinstance(branches, int) and branches >= 1):
-            raise ValueError(f"branches must be a positive int, got {branches!r}")
+        check_ints(1, branches=branches)
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
         metric_order(metric)
@@ -102,11 +102,6 @@ def _finite_pairs(result: Any, dimension: int) -> Tensor:
     return per_dimension[dimension][0]
 
 
-def _check_dimension(dimension: Any) -> None:
-    if isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 0:
-        raise ValueError(f"dimension must be a non-negative int, got {dimension!r}")
-
-
 def _power(x: Tensor, p: float) -> Tensor:
     """``x ** p`` of lengths ``x`` >= 0.  For p < 1 zero bases are masked: pow's derivative is
     infinite there, and a duplicate point (a zero-length bar) made every gradient NaN."""
@@ -126,7 +121,7 @@ class TotalPersistence(nn.Module):
 
     def __init__(self, dimension: int = 1, p: float = 1.0):
         super().__init__()
-        _check_dimension(dimension)
+        check_ints(0, dimension=dimension)
         self.dimension = dimension
         self.p = check_scale(p, "p")
 
@@ -150,7 +145,7 @@ class DiagramTargetLoss(nn.Module):
     def __init__(self, target: float, dimension: int = 0, coordinate: str = "death", p: float = 1.0,
                  reduction: str = "sum"):
         super().__init__()
-        _check_dimension(dimension)
+        check_ints(0, dimension=dimension)
         target = plain_number(target)
         if isinstance(target, bool) or not isinstance(target, Real) or not math.isfinite(target):
             raise ValueError(f"target must be a finite number, got {target!r}")

@@ -15,13 +15,14 @@ the distances in the input's dtype at the paired edges.
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
+from numbers import Real
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from corel._checks import check_ints
 from corel.topology.diagram import H0, Diagram
 from corel.topology.distances import (
     Metric,
@@ -49,8 +50,7 @@ def _engine() -> Callable[..., dict]:
 
 
 def check_max_dimension(max_dimension: Any) -> int:
-    if isinstance(max_dimension, bool) or not isinstance(max_dimension, Integral) or max_dimension < 0:
-        raise ValueError(f"max_dimension must be a non-negative int, got {max_dimension!r}")
+    check_ints(0, max_dimension=max_dimension)
     return int(max_dimension)
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from corel._checks import check_ints
 from corel.topology.distances import Metric, check_scale, metric_order
 from corel.topology.h0 import h0_persistence
 
@@ -37,8 +38,7 @@ Codes = Union[Tensor, np.ndarray]
 
 
 def _check_geometry(dim: int, eta: float) -> None:
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"dim must be a positive int, got {dim!r}")
+    check_ints(1, dim=dim)
     check_scale(eta, "eta")
 
 
@@ -74,8 +74,7 @@ def tolerance_for_batch_size(batch_size: int, dim: int, eta: float) -> float:
     bisection finds it to 1e-12 relative.
     """
     _check_geometry(dim, eta)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_ints(1, batch_size=batch_size)
 
     def bound(t: float) -> float:
         return metric_entropy_count(dim, eta, max(0.0, eta * (1 - t)), eta * (1 + t))
@@ -181,8 +180,7 @@ def check_analysis(eta: float, metric: Metric, branches: int, dim: int | None = 
     """ValueError unless eta is a length, metric an l_p metric and dim splits into ``branches``."""
     check_scale(eta, "eta")
     metric_order(metric)
-    if isinstance(branches, bool) or not isinstance(branches, int) or branches < 1:
-        raise ValueError(f"branches must be a positive int, got {branches!r}")
+    check_ints(1, branches=branches)
     if dim is not None and dim % branches:
         raise ValueError(f"code dimension {dim} is not divisible into {branches} branches")
 

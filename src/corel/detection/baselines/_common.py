@@ -11,7 +11,8 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 
-from corel.detection.base import BaseDetector, check_ints, check_seed
+from corel._checks import check_ints
+from corel.detection.base import BaseDetector, check_seed
 from corel.detection.images import as_image_tensor
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from corel.detection.base import check_ints
+from corel._checks import check_ints
 from corel.detection.baselines._common import (BaselineDetector, check_non_negative, check_positive, in_batches,
                                                   train)
 

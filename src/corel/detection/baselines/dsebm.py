@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from corel.detection.base import check_ints
+from corel._checks import check_ints
 from corel.detection.baselines._common import (BaselineDetector, check_non_negative, check_positive, in_batches,
                                                   train)
 from corel.detection.baselines._networks import ConvEncoder, to_signed

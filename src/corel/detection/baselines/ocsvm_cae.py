@@ -11,7 +11,7 @@ import torch
 from sklearn.svm import OneClassSVM
 from torch import Tensor, nn
 
-from corel.detection.base import check_ints
+from corel._checks import check_ints
 from corel.detection.baselines._common import BaselineDetector, check_positive, in_batches, train
 from corel.detection.baselines._networks import ConvDecoder, ConvEncoder, to_signed
 
