@@ -281,6 +281,10 @@ def test_more_epochs_than_asked_is_refused(tmp_path, digits):
     backbone = run(digits, tmp_path, epochs=2, resume=True)
     assert Backbone.load(tmp_path / "backbone.pt").fingerprint == backbone.fingerprint
     assert json.loads((tmp_path / "summary.json").read_text())["epochs_completed"] == 2
+    # killed after backbone.pt, before summary.json (the last final file): a resume still writes it
+    (tmp_path / "summary.json").unlink()
+    assert run(digits, tmp_path, epochs=2, resume=True).fingerprint == backbone.fingerprint
+    assert json.loads((tmp_path / "summary.json").read_text())["epochs_completed"] == 2
 
 
 # ----------------------------------------------------------------------------- several devices

@@ -432,6 +432,7 @@ def train(
             "settings": settings}
     newest = newest_checkpoint(out / "checkpoints")
     finished = (out / "backbone.pt").exists() or (out / "summary.json").exists()
+    complete = (out / "summary.json").exists()  # _finish writes it last: a kill before it left backbone.pt alone
     if not resume and (newest is not None or finished):
         raise FileExistsError(f"{out} already holds a run; resume it (--resume) or choose another output folder")
     ckpt_path = None
@@ -449,7 +450,7 @@ def train(
         if done > config.epochs:
             raise ValueError(f"{out} has already trained {done} epochs, more than the {config.epochs} asked for")
         if done == config.epochs:
-            if not finished:  # stopped between its last checkpoint and the final files: write them
+            if not complete:  # stopped between its last checkpoint and the last final file: write them
                 backbone = backbone_from_checkpoint(ckpt_path, ckpt)
                 backbone.info = {**info, "epochs_completed": done}
                 _finish(out, backbone, backbone.info, None, ckpt["corel"].get("last_epoch_deaths"), None, config.lam)
