@@ -112,3 +112,29 @@ def test_compare_on_identical_draws(tmp_path):
     assert "the 2 of 3 classes every method finished" in table and f"| dagmm | {results['dagmm'].mean:.2f} |" in table
     with pytest.raises(ValueError, match="unknown methods"):
         compare(["corel", "svm"], data, tmp_path, backbone=backbone)
+
+
+def test_demo_and_reproduce_refuse_a_backbone_of_other_settings(tmp_path, monkeypatch, capsys):
+    from corel.detection.backbone import Backbone
+    from corel.experiments import workflows
+    from corel.experiments.datasets import load_dataset
+
+    digits = load_dataset("digits")  # a demo's run of seed 0 ...
+    cfg = workflows.AutoencoderConfig(kind="mlp", input_shape=(1, 8, 8), filters=(256, 128), branches=8, branch_dim=4)
+    workflows.train_backbone(digits, tmp_path / "demo" / "lambda1", cfg,
+                             workflows.TrainConfig(epochs=1, batch_size=50, eta=1.0, lam=1.0, seed=0),
+                             accelerator="cpu", devices=1, progress=False)
+    with pytest.raises(SystemExit) as exit_info:  # ... is not taken for one of seed 1
+        main(["demo", "--quick", "--seed", "1", "--out", str(tmp_path / "demo")])
+    assert exit_info.value.code == 2 and "train.seed: 0 -> 1" in capsys.readouterr().err
+
+    monkeypatch.setattr(workflows, "load_dataset", lambda *args, **kwargs: digits)  # cifar10's part played by digits
+    argv = ["reproduce", "cifar10", "--out", str(tmp_path / "repro"), "--epochs", "1", "--batch-size", "50",
+            "--branches", "2", "--branch-dim", "3", "--filters", "16", "-n", "20", "--draws", "1", "--quiet"]
+    assert main(argv) == 0
+    backbone = Backbone.load(tmp_path / "repro" / "backbone" / "backbone.pt")
+    assert (backbone.config.branches, backbone.config.branch_dim, backbone.config.filters) == (2, 3, (16,))
+    assert len(list((tmp_path / "repro").glob("cells_digits_n20/class*_draw0.json"))) == 10  # kept for a resume
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--lam", "10"])
+    assert exit_info.value.code == 2 and "train.lam: 20.0 -> 10.0" in capsys.readouterr().err

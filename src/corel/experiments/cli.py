@@ -203,6 +203,12 @@ def _train_config(args: argparse.Namespace, lam: float | None = None):
                        lam=args.lam if lam is None else lam, metric=args.metric, seed=args.seed)
 
 
+def _architecture(args: argparse.Namespace) -> dict:
+    """The network flags, as keyword arguments of workflows.default_model_config."""
+    return {"branches": args.branches, "branch_dim": args.branch_dim, "filters": args.filters, "arch": args.arch,
+            "init": args.init}
+
+
 def _trainer_kwargs(args: argparse.Namespace) -> dict:
     return {"accelerator": args.accelerator, "devices": args.devices, "num_nodes": args.num_nodes,
             "strategy": args.strategy, "h0_backend": args.h0_backend}
@@ -233,7 +239,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume and not any((args.out / name).exists() for name in ("checkpoints", "backbone.pt", "summary.json")):
         raise FileNotFoundError(f"nothing to resume in {args.out}: no run there (start one without --resume)")
     data = load_dataset(args.data, args.data_dir, download=args.download)
-    model_config = default_model_config(data, args.branches, args.branch_dim, args.filters, args.arch, args.init)
+    model_config = default_model_config(data, **_architecture(args))
     train_backbone(data, args.out, model_config, config, resume=args.resume, progress=_progress(args),
                    **_trainer_kwargs(args))
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -265,8 +271,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     from corel.experiments.workflows import reproduce
 
     results = reproduce(args.protocol, args.out, args.data_dir, eval_data_dir=args.eval_data_dir, ns=args.n,
-                        draws=args.draws, seed=args.seed, config=_train_config(args), download=args.download,
-                        progress=_progress(args), **_trainer_kwargs(args))
+                        draws=args.draws, seed=args.seed, architecture=_architecture(args), config=_train_config(args),
+                        download=args.download, progress=_progress(args), **_trainer_kwargs(args))
     print((args.out / "summary.md").read_text())
     return 0 if results else 1
 
@@ -453,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.add_argument("-n", type=_int_list(1), default=(120,), help="samples per class, e.g. 80,120,500")
     p.add_argument("--draws", type=_int_at_least(1), default=5, help="random draws per class")
-    p.add_argument("--out", type=Path, required=True, help="run folder; an existing backbone there is reused")
+    p.add_argument("--out", type=Path, required=True, help="run folder; a finished backbone there is reused, a killed training or evaluation "
+                        "continues (refused when the settings differ)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_reproduce)
 

@@ -7,7 +7,7 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -121,25 +121,23 @@ def class_reports(backbone: Backbone, data: ImageData, out_dir: str | Path, *, n
 
 def reproduce(name: str, out_dir: str | Path, data_dir: str | Path | None = None, *, eval_data_dir: str | Path | None = None,
               ns: tuple[int, ...] = (120,), draws: int = 5, seed: int = 0, model_config: AutoencoderConfig | None = None,
-              config: TrainConfig = TrainConfig(), download: bool = True, progress: bool = True,
-              **trainer_kwargs) -> dict[int, ProtocolResult]:
-    """Runs a named :data:`PROTOCOLS` entry end to end: trains the backbone into out_dir/backbone
-    unless its file exists (a killed training resumes), then evaluates for each n in ``ns``."""
+              architecture: dict[str, Any] | None = None, config: TrainConfig = TrainConfig(), download: bool = True,
+              progress: bool = True, **trainer_kwargs) -> dict[int, ProtocolResult]:
+    """Runs a named :data:`PROTOCOLS` entry end to end: trains the backbone into out_dir/backbone (a
+    killed training resumes, a finished one is reused, one with other settings is refused), then
+    evaluates for each n in ``ns``, keeping each finished cell (a killed evaluation resumes).
+    ``model_config`` defaults to :func:`default_model_config` of the training data with the keyword
+    arguments ``architecture`` (branches, branch_dim, filters, arch, init)."""
     if name not in PROTOCOLS:
         raise ValueError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
     proto = PROTOCOLS[name]
     out = Path(out_dir)
-    backbone_file = out / "backbone" / "backbone.pt"
     train_data = load_dataset(proto.train_data, data_dir, download=download)
-    if backbone_file.exists():
-        backbone = Backbone.load(backbone_file)
-    else:
-        mc = model_config or default_model_config(train_data)
-        backbone = train_backbone(train_data, out / "backbone", mc, config, resume=True, progress=progress,
-                                  **trainer_kwargs)
+    mc = model_config or default_model_config(train_data, **(architecture or {}))
+    backbone = train_backbone(train_data, out / "backbone", mc, config, resume=True, progress=progress, **trainer_kwargs)
     eval_data = train_data if proto.eval_data == proto.train_data and eval_data_dir is None else \
         load_dataset(proto.eval_data, eval_data_dir or data_dir, download=download)
-    results = evaluate_backbone(backbone, eval_data, out, ns=ns, draws=draws, seed=seed, progress=progress)
+    results = evaluate_backbone(backbone, eval_data, out, ns=ns, draws=draws, seed=seed, cells=True, progress=progress)
     rows = [[n, f"{r.mean:.2f}", f"{r.std_over_draws:.2f}",
              f"{proto.published_mean:.2f}" if proto.published_mean is not None and n == 120 else "-"]
             for n, r in results.items()]
@@ -159,9 +157,8 @@ def demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, seed: int = 
     results = {}
     for label, lam in (("lambda=1", 1.0), ("lambda=0", 0.0)):
         config = TrainConfig(epochs=epochs, batch_size=50, lr=1e-3, eta=1.0, lam=lam, seed=seed)
-        run = out / label.replace("=", "")
-        backbone = Backbone.load(run / "backbone.pt") if (run / "backbone.pt").exists() else \
-            train_backbone(data, run, model_config, config, resume=True, progress=progress)
+        run = out / label.replace("=", "")  # resumed or reused; another seed or --quick there is refused
+        backbone = train_backbone(data, run, model_config, config, resume=True, progress=progress)
         results[label] = evaluate_backbone(backbone, data, run, ns=(n,), draws=draws, seed=seed, progress=progress,
                                            method=label)[n]
     reports.plot_auroc_bars(results, out / "auroc_digits.png", title=f"one-class AUROC on digits, n={n}")
