@@ -94,3 +94,13 @@ def test_layouts_and_cli_errors(capsys):
             main(["ablate", "--data", "digits", "--out", "x", *argv])
         assert message in capsys.readouterr().err
     assert ablation.reference_n((10, 120, 500)) == 120 and ablation.reference_n((10, 50)) == 10
+
+
+def test_a_rerun_with_other_draws_or_seed_is_not_taken_as_done(tmp_path, digits):
+    grid = dict(lams=[1.0], layouts=[Layout(2, 3)], radii=(), ns=(20,))
+    run(digits, tmp_path, **grid)
+    run(digits, tmp_path, **grid, draws=2)  # the stored draw is reused, the second one computed
+    row = (tmp_path / "ablation_digits.csv").read_text().splitlines()[1].split(",")
+    assert row[6] == "2"  # draws
+    with pytest.raises(ValueError, match="other settings.*seed"):
+        run(digits, tmp_path, **grid, draws=2, seed=1)

@@ -97,7 +97,7 @@ def ablate(data: ImageData, out_dir: str | Path, layouts: Sequence[Layout], lams
         for radius in sorted({backbone.eta if r is None else r for _, r in evaluations}):
             todo = sorted({n for n, r in evaluations if (backbone.eta if r is None else r) == radius})
             where = _evaluation_dir(out, name, radius)
-            todo = [n for n in todo if not (where / f"auroc_{data.name}_n{n}.json").exists()]
+            todo = [n for n in todo if not _evaluated(where / f"auroc_{data.name}_n{n}.json", draws, seed)]
             if not todo:
                 continue
             with claim(out / "locks" / f"{name}.r{radius:g}.lock") as mine:
@@ -108,6 +108,15 @@ def ablate(data: ImageData, out_dir: str | Path, layouts: Sequence[Layout], lams
                 evaluate_backbone(backbone, data, where, ns=tuple(todo), draws=draws, seed=seed, radius=radius,
                                   cells=True, progress=progress, codes=codes)
     return write_report(out, data.name, n_ref)
+
+
+def _evaluated(path: Path, draws: int, seed: int) -> bool:
+    """Whether the evaluation report ``path`` exists with these draws and seed (one of others is
+    evaluated again: its stored cells give the draws they share, another seed is refused there)."""
+    if not path.exists():
+        return False
+    result = json.loads(path.read_text())
+    return result["draws"] == draws and result["seed"] == seed
 
 
 def _finished(out: Path, data: str) -> list[dict[str, Any]]:
