@@ -104,3 +104,10 @@ def test_a_rerun_with_other_draws_or_seed_is_not_taken_as_done(tmp_path, digits)
     assert row[6] == "2"  # draws
     with pytest.raises(ValueError, match="other settings.*seed"):
         run(digits, tmp_path, **grid, draws=2, seed=1)
+
+
+def test_an_eta_of_many_digits_keeps_its_cell_in_the_table(tmp_path, digits):
+    report = ablate(digits, tmp_path, [Layout(2, 3)], [1.0], model_config=default_model_config(digits),
+                    config=TrainConfig(epochs=1, batch_size=50, eta=0.1234567), ns=(20,), draws=1, progress=False,
+                    accelerator="cpu", devices=1).read_text()
+    assert "| 2x3 |" in report and "Partial" not in report  # the folder r0.123457 holds radius 0.1234567 = eta

@@ -123,7 +123,7 @@ def _finished(out: Path, data: str) -> list[dict[str, Any]]:
     """Every finished evaluation in ``out``: run, layout, lambda, radius, n, mean AUROC, std."""
     found = []
     for path in sorted((out / "evaluations").glob(f"*/r*/auroc_{data}_n*.json")):
-        run, radius = path.parent.parent.name, float(path.parent.name[1:])
+        run = path.parent.parent.name
         match = re.fullmatch(rf"{re.escape(data)}_(\d+)x(\d+)_lam(.+)", run)
         if match is None:
             continue
@@ -131,8 +131,9 @@ def _finished(out: Path, data: str) -> list[dict[str, Any]]:
         if result["finished_classes"] != len(result["classes"]) or result["mean"] is None:
             continue
         found.append({"run": run, "layout": Layout(int(match[1]), int(match[2])), "lam": float(match[3]),
-                      "radius": radius, "n": result["n"], "draws": result["draws"], "mean": result["mean"],
-                      "std_over_draws": result["std_over_draws"]})
+                      # the exact radius: the folder's name has 6 digits, and the table compares it with eta
+                      "radius": result["settings"]["radius"], "n": result["n"], "draws": result["draws"],
+                      "mean": result["mean"], "std_over_draws": result["std_over_draws"]})
     return found
 
 
