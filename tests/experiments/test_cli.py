@@ -88,7 +88,7 @@ def test_demo_quick_then_evaluate(tmp_path, capsys):
 
 
 def test_compare_on_identical_draws(tmp_path):
-    from corel.experiments.datasets import load_dataset
+    from corel.experiments.datasets import ImageData, load_dataset
     from corel.experiments.workflows import compare, default_model_config
     from corel.experiments.training import TrainConfig, train
 
@@ -112,6 +112,13 @@ def test_compare_on_identical_draws(tmp_path):
     assert "the 2 of 3 classes every method finished" in table and f"| dagmm | {results['dagmm'].mean:.2f} |" in table
     with pytest.raises(ValueError, match="unknown methods"):
         compare(["corel", "svm"], data, tmp_path, backbone=backbone)
+    # other data under the same name (another --data-dir of npz or imagefolder) is refused, not mixed in
+    other = ImageData(data.name, data.x_train, data.y_train, data.x_test[::-1].copy(), data.y_test,
+                      data.class_names)
+    for method in ("corel", "dagmm"):
+        with pytest.raises(ValueError, match="other settings.*data_digest"):
+            compare([method], other, tmp_path, backbone=backbone, n=20, draws=1, classes=[0, 1], small=True,
+                    progress=False)
 
 
 def test_demo_and_reproduce_refuse_a_backbone_of_other_settings(tmp_path, monkeypatch, capsys):

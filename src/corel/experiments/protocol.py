@@ -163,6 +163,7 @@ def evaluate(
     test_size: int | None = None,
     method: str = "corel",
     dataset: str = "",
+    data_digest: str | None = None,
     settings: dict | None = None,
     cells_dir: str | Path | None = None,
     compute: bool = True,
@@ -172,7 +173,9 @@ def evaluate(
 
     ``make_detector(seed)`` builds an unfitted detector; the seed is :func:`cell_seed` of the cell.
     ``test_size``: score a stratified subset of that many test samples (:func:`stratified_subset`), the same
-    for every method; None = the whole test split.  ``settings``: the detector's settings, recorded.
+    for every method; None = the whole test split.  ``data_digest``: identifies the data (e.g.
+    ``ImageData.digest``), recorded and part of the stored cells' key.  ``settings``: the detector's settings,
+    recorded.
     ``cells_dir``: store each finished cell there (:class:`CellStore`) and reuse stored ones.
     ``compute=False``: only collect stored cells; the others stay NaN."""
     from sklearn.metrics import roc_auc_score  # here: the command line should not wait for scikit-learn
@@ -182,9 +185,10 @@ def evaluate(
     names = [str(c) for c in labels] if class_names is None else [class_names[c] for c in labels]
     subset = stratified_subset(y_test, test_size, seed)
     x_test, y_test = x_test[subset], y_test[subset]
-    settings = {"draws": draws, "classes": [int(c) for c in labels], "test_size": len(subset), **(settings or {})}
+    settings = {"draws": draws, "classes": [int(c) for c in labels], "test_size": len(subset),
+                "data_digest": data_digest, **(settings or {})}
     store = None if cells_dir is None else CellStore(cells_dir, {
-        "method": method, "dataset": dataset, "n": n, "seed": seed, "test_size": len(subset),
+        "method": method, "dataset": dataset, "n": n, "seed": seed,
         **{k: v for k, v in settings.items() if k not in ("draws", "classes")}})
     auroc = np.full((len(labels), draws), np.nan)
     seconds = 0.0

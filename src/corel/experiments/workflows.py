@@ -84,7 +84,7 @@ def evaluate_backbone(backbone: Backbone, data: ImageData, out_dir: str | Path |
         cells_dir = Path(out_dir) / f"cells_{data.name}_n{n}" if cells and out_dir is not None else None
         result = evaluate(make, codes.train, data.y_train, codes.test, data.y_test, class_names=list(data.class_names),
                           n=n, draws=draws, seed=seed, classes=classes, test_size=test_size, method=method,
-                          dataset=data.name, settings=settings, cells_dir=cells_dir, compute=compute,
+                          dataset=data.name, data_digest=data.digest, settings=settings, cells_dir=cells_dir, compute=compute,
                           progress=progress)
         result.settings["encode_seconds"] = codes.seconds
         result.seconds += codes.seconds  # the fits only count codes: encoding is the cost
@@ -195,7 +195,8 @@ def compare(methods: list[str], data: ImageData, out_dir: str | Path, *, backbon
         settings = {**(SMALL_SETTINGS[m] if small else {}), "device": device}
         results[m] = evaluate(lambda s: BASELINES[m](seed=s, **settings), data.x_train, data.y_train, data.x_test,
                               data.y_test, class_names=list(data.class_names), n=n, draws=draws, seed=seed,
-                              classes=classes, test_size=test_size, method=m, dataset=data.name, settings=settings,
+                              classes=classes, test_size=test_size, method=m, dataset=data.name,
+                              data_digest=data.digest, settings=settings,
                               cells_dir=out / m / f"cells_{data.name}_n{n}", compute=compute, progress=progress)
         reports.write_protocol(results[m], out / m, stem=stem)
     reports.write_comparison(results, out / f"compare_{data.name}_n{n}", title=f"one-class AUROC on {data.name}, n={n}, "
