@@ -1,5 +1,6 @@
 """The protocol harness: stored cells, resuming, partial reports, test subsets, per-cell seeds."""
 
+import csv
 import json
 
 import numpy as np
@@ -71,6 +72,12 @@ def test_report_only_leaves_missing_cells_out(tmp_path):
     assert "1 of 3 classes" in protocol_markdown(result) and "not run" in protocol_markdown(result)
     paths = write_protocol(result, tmp_path / "report")
     assert json.loads(paths[1].read_text())["classes"][0]["auroc_mean"] is None
+    rows = list(csv.reader(paths[0].read_text().splitlines()))
+    assert rows[1] == ["0", "", "", ""] and rows[2][1] == f"{result.auroc[1].mean():.4f}"  # empty: not computed
+    nothing = evaluate(idle, *data, n=10, draws=2, classes=[0, 2], cells_dir=tmp_path, compute=False, progress=False)
+    for path in write_protocol(nothing, tmp_path / "none")[:3]:
+        assert "nan" not in path.read_text().lower(), path.name
+    assert "| **mean** (0 of 2 classes) | - |" in protocol_markdown(nothing)
 
 
 def test_cell_seeds_differ_between_draws_and_classes():

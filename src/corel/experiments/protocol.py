@@ -134,8 +134,9 @@ class ProtocolResult:
     @property
     def std_over_draws(self) -> float:
         """Standard deviation over draws of the class-mean AUROC over finished classes (0 for one draw)."""
-        per_draw = self.auroc[self.finished].mean(axis=0)
-        return float(per_draw.std(ddof=1)) if len(per_draw) > 1 and self.finished.any() else 0.0
+        if self.auroc.shape[1] < 2 or not self.finished.any():  # (numpy would warn about the empty mean)
+            return 0.0
+        return float(self.auroc[self.finished].mean(axis=0).std(ddof=1))
 
     def to_dict(self) -> dict:
         return {
