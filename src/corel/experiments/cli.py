@@ -123,6 +123,14 @@ def _output_file(text: str) -> Path:
     return path
 
 
+def _output_folder(text: str) -> Path:
+    """A folder to write into: not an existing file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder to write into")
+    return path
+
+
 def _device(text: str) -> str:
     """A torch device that exists here (cpu, cuda, cuda:1, mps)."""
     import torch
@@ -432,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a backbone with reconstruction + lambda * connectivity loss")
     _add_data_args(p)
     _add_train_args(p)
-    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, logs, backbone.pt)")
+    p.add_argument("--out", type=_output_folder, required=True, help="run folder (checkpoints, logs, backbone.pt)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
@@ -445,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draws", type=_int_at_least(1), default=5, help="random draws per class")
     p.add_argument("--radius", type=_positive_float, default=None, help="ball radius (default: the backbone's eta)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--out", type=Path, required=True, help="folder for CSV/JSON/Markdown/PNG reports")
+    p.add_argument("--out", type=_output_folder, required=True, help="folder for CSV/JSON/Markdown/PNG reports")
     p.add_argument("--report", action="store_true",
                    help="also one HTML page per class (first draw, first n): images, scores, ROC curve and AUROC")
     p.add_argument("--quiet", action="store_true")
@@ -459,8 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.add_argument("-n", type=_int_list(1), default=(120,), help="samples per class, e.g. 80,120,500")
     p.add_argument("--draws", type=_int_at_least(1), default=5, help="random draws per class")
-    p.add_argument("--out", type=Path, required=True, help="run folder; a finished backbone there is reused, a killed training or evaluation "
-                        "continues (refused when the settings differ)")
+    p.add_argument("--out", type=_output_folder, required=True,
+                   help="run folder; a finished backbone there is reused, a killed training or evaluation continues "
+                        "(refused when the settings differ)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_reproduce)
 
@@ -478,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score a stratified random subset of this many test images, the same for every method "
                         "(default: the whole test split)")
     p.add_argument("--device", type=_device, default="cpu", help="where the baselines run: cpu, cuda, cuda:1, ...")
-    p.add_argument("--out", type=Path, required=True,
+    p.add_argument("--out", type=_output_folder, required=True,
                    help="run folder; finished (method, class, draw) cells are kept there, so a rerun resumes")
     p.add_argument("--report-only", action="store_true",
                    help="compute nothing: write the table from the finished cells (means over the classes every "
@@ -524,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=_int_list(1), default=(120,),
                    help="evaluate every backbone with radius = eta at these samples per class, e.g. 10,50,120,500")
     p.add_argument("--draws", type=_int_at_least(1), default=5, help="random draws per class")
-    p.add_argument("--out", type=Path, required=True,
+    p.add_argument("--out", type=_output_folder, required=True,
                    help="the ablation folder: every finished training and evaluation is kept there, so a rerun "
                         "continues; several processes may share it")
     p.add_argument("--quiet", action="store_true")
@@ -544,11 +553,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=_int_at_least(2), default=100, help="the training batch size b")
     t.add_argument("--num-samples", type=_int_at_least(2), default=None, help="largest N (default: all training images)")
     t.add_argument("--seed", type=int, default=0, help="random seed")
-    t.add_argument("--out", type=Path, required=True)
+    t.add_argument("--out", type=_output_folder, required=True)
     t.set_defaults(func=_analyze_densification)
 
     p = sub.add_parser("demo", help="the whole method on sklearn's bundled digits, with and without the loss")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for reports and plots")
+    p.add_argument("--out", type=_output_folder, default=Path("runs/demo"), help="folder for reports and plots")
     p.add_argument("--quick", action="store_true", help="a few epochs and one draw (seconds; used by the tests)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=_demo)
@@ -575,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     _log_to_stderr()
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, ImportError) as e:
+    except (ValueError, OSError, NotImplementedError, ImportError) as e:  # OSError: a folder not writable, a full disk
         parser.exit(2, f"corel {args.command}: error: {e}\n")
     except KeyboardInterrupt:  # (an interrupted training has said where it stopped and how to go on)
         kept = args.command not in {"train", "evaluate", "fit", "score", "demo"}

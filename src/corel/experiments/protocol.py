@@ -183,6 +183,10 @@ def evaluate(
     if n < 1 or draws < 1:
         raise ValueError(f"n and draws must be >= 1, got n={n}, draws={draws}")
     labels = np.unique(y_train) if classes is None else np.asarray(classes)
+    unknown = sorted(set(labels.tolist()) - set(np.unique(y_train).tolist()))
+    if unknown:
+        raise ValueError(f"classes {unknown} have no training samples (the training split's classes: "
+                         f"{', '.join(map(str, np.unique(y_train)))})")
     names = [str(c) for c in labels] if class_names is None else [class_names[c] for c in labels]
     subset = stratified_subset(y_test, test_size, seed)
     x_test, y_test = x_test[subset], y_test[subset]
