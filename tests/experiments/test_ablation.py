@@ -1,5 +1,6 @@
 """corel ablate: the grid, its report, resuming, and several processes sharing one folder."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -111,3 +112,34 @@ def test_an_eta_of_many_digits_keeps_its_cell_in_the_table(tmp_path, digits):
                     config=TrainConfig(epochs=1, batch_size=50, eta=0.1234567), ns=(20,), draws=1, progress=False,
                     accelerator="cpu", devices=1).read_text()
     assert "| 2x3 |" in report and "Partial" not in report  # the folder r0.123457 holds radius 0.1234567 = eta
+
+
+def test_locks_and_cell_keys_are_created_whole_and_once(tmp_path):
+    import threading
+
+    from corel._io import claim, create_exclusive
+    from corel.experiments.protocol import CellStore
+
+    barrier, won, failed = threading.Barrier(8), [], []
+
+    def race(i):
+        barrier.wait()
+        if create_exclusive(tmp_path / "lock", f"writer {i}"):
+            won.append(i)
+        try:
+            CellStore(tmp_path / "cells", {"seed": i})
+        except ValueError:
+            failed.append(i)
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and (tmp_path / "lock").read_text() == f"writer {won[0]}"
+    assert len(failed) == 7  # one key was written; every other process was refused, none mixed its cells in
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells", "lock"]  # no temporary file left
+    (tmp_path / "lock").unlink()
+    with claim(tmp_path / "lock") as mine:  # a lock is never seen empty (an empty one was held for ever)
+        assert mine and (tmp_path / "lock").read_text() == f"{socket.gethostname()} {os.getpid()}"
+    assert not (tmp_path / "lock").exists()

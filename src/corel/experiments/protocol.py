@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from corel._io import atomic_write_json
+from corel._io import atomic_write_json, create_exclusive
 from corel.detection.base import BaseDetector
 
 
@@ -78,14 +78,13 @@ class CellStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         key_file = self.directory / "key.json"
         key = json.loads(json.dumps(key))  # as it reads back (tuples become lists)
-        if key_file.exists():
+        # created only if absent: of processes starting at once with different keys, one wins, the others fail
+        if not create_exclusive(key_file, json.dumps(key, indent=2) + "\n"):
             stored = json.loads(key_file.read_text())
             if stored != key:
                 changed = sorted(k for k in set(stored) | set(key) if stored.get(k) != key.get(k))
                 raise ValueError(f"{self.directory} holds results computed with other settings ({', '.join(changed)}); "
                                  "use another output folder or delete it")
-        else:
-            atomic_write_json(key_file, key)
 
     def _path(self, cls: int, draw: int) -> Path:
         return self.directory / f"class{cls}_draw{draw}.json"
