@@ -67,6 +67,11 @@ def test_help_states_the_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "training epochs (default: 50)" in text and "never try to download" in text
     assert "--no-download never try to download (default" not in text  # a flag has no default to state
+    with pytest.raises(SystemExit):
+        main(["ablate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: none)" in text and "(default: )" not in text  # --radius: an empty list
+    assert "the first -n when 120 is not among them" in text and "latent units of --metric" in text
 
 
 def test_metric_names_go_through_the_one_parser():

@@ -178,7 +178,7 @@ def _add_train_args(p: argparse.ArgumentParser, grid: bool = False) -> None:
     g.add_argument("--epochs", type=_int_at_least(1), default=50, help="training epochs")
     g.add_argument("--batch-size", type=_int_at_least(2), default=100, help="images per step (per device)")
     g.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate")
-    g.add_argument("--eta", type=_positive_float, default=2.0, help="connectivity scale (latent l1 units)")
+    g.add_argument("--eta", type=_positive_float, default=2.0, help="connectivity scale, in latent units of --metric")
     if grid:
         g.add_argument("--lam", type=_float_list(0.0, True), default=(0.0, 1.0, 10.0, 20.0, 40.0),
                        help="weights of the connectivity loss, e.g. 0,1,10,20,40")
@@ -419,7 +419,8 @@ class _DefaultsShown(argparse.HelpFormatter):
         if (not action.option_strings or action.nargs == 0  # flags: their "default" is the opposite state
                 or action.default in (None, argparse.SUPPRESS) or "default" in text):
             return text
-        shown = ",".join(map(str, action.default)) if isinstance(action.default, (tuple, list)) else action.default
+        shown = (",".join(map(str, action.default)) or "none") if isinstance(action.default, (tuple, list)) \
+            else action.default
         return f"{text} (default: {shown})".strip()
 
 
@@ -456,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=_output_folder, required=True, help="folder for CSV/JSON/Markdown/PNG reports")
     p.add_argument("--report", action="store_true",
                    help="also one HTML page per class (first draw, first n): images, scores, ROC curve and AUROC")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("reproduce", help="run a paper protocol end to end (train if needed, then evaluate)")
@@ -470,14 +471,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=_output_folder, required=True,
                    help="run folder; a finished backbone there is reused, a killed training or evaluation continues "
                         "(refused when the settings differ)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_reproduce)
 
     p = sub.add_parser("compare", help="corel and the baselines on identical draws: one table and one chart")
     _add_data_args(p)
     p.add_argument("--methods", default="corel,ocsvm_cae,deep_svdd,dagmm,dsebm,geom",
                    help="comma-separated: corel, ocsvm_cae, deep_svdd, dagmm, dsebm, geom")
-    p.add_argument("--backbone", default=None, help="backbone for method corel: cifar10 (shipped) or a backbone.pt")
+    p.add_argument("--backbone", default=None, help="backbone for method corel: cifar10 (shipped), a backbone.pt, or a run's checkpoints/*.ckpt")
     p.add_argument("-n", type=_int_at_least(1), default=120, help="samples per class")
     p.add_argument("--draws", type=_int_at_least(1), default=5, help="random draws per class")
     p.add_argument("--seed", type=int, default=0, help="random seed")
@@ -492,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true",
                    help="compute nothing: write the table from the finished cells (means over the classes every "
                         "method finished)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_compare)
 
     p = sub.add_parser("fit", help="fit a novelty detector on a folder of normal images (pretrained backbone)")
@@ -529,14 +530,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     _add_train_args(p, grid=True)
     p.add_argument("--radius", type=_float_list(0.0, False), default=(),
-                   help="also evaluate every backbone at n = 120 with these ball radii, e.g. 0.5,1,1.5,2,3,5")
+                   help="also evaluate every backbone with these ball radii, e.g. 0.5,1,1.5,2,3,5, at n = 120 (or at "
+                        "the first -n when 120 is not among them)")
     p.add_argument("-n", type=_int_list(1), default=(120,),
                    help="evaluate every backbone with radius = eta at these samples per class, e.g. 10,50,120,500")
     p.add_argument("--draws", type=_int_at_least(1), default=5, help="random draws per class")
     p.add_argument("--out", type=_output_folder, required=True,
                    help="the ablation folder: every finished training and evaluation is kept there, so a rerun "
                         "continues; several processes may share it")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_ablate)
 
     p = sub.add_parser("analyze", help="the paper's theory: batch-size guideline, densification of death times")
@@ -548,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=_int_at_least(2), default=None, help="reverse: the tolerance this batch allows")
     t.set_defaults(func=_analyze_batch_size)
     t = tools.add_parser("densification", help="death times of N >> b encoded samples, per branch")
-    t.add_argument("--backbone", required=True, help="cifar10 (shipped) or a backbone.pt")
+    t.add_argument("--backbone", required=True, help="cifar10 (shipped), a backbone.pt, or a run's checkpoints/*.ckpt")
     _add_data_args(t)
     t.add_argument("--batch-size", type=_int_at_least(2), default=100, help="the training batch size b")
     t.add_argument("--num-samples", type=_int_at_least(2), default=None, help="largest N (default: all training images)")
