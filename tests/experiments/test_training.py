@@ -307,6 +307,14 @@ def test_devices_see_full_batches_of_distinct_samples():
     assert list(EpochShuffleSampler(103, seed=5, rank=0, world_size=1)) == single
 
 
+def test_a_resume_on_another_number_of_devices_is_refused(tmp_path, digits):
+    run(digits, tmp_path, epochs=1)
+    with pytest.raises(ValueError, match=r"started on 1 device\(s\) \(devices x nodes\), not 2; resuming would mix"):
+        train(digits, tmp_path, CFG, TrainConfig(epochs=2, batch_size=40, eta=1.0, lam=1.0, seed=3), resume=True,
+              accelerator="cpu", devices=2, progress=False)
+    assert run(digits, tmp_path, epochs=2, resume=True)  # on the one device it had, it continues
+
+
 def test_ddp_on_two_cpu_processes(tmp_path):
     """`corel train --devices 2` (gloo): both processes train on their own full batches."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}

@@ -490,6 +490,13 @@ def train(
             log_every_n_steps=1,  # every value is logged per epoch; no step interval to wait for
             deterministic=accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()),
         )
+        # the devices split every batch of the epoch's order among them: another count trains another run
+        module.run_record["world_size"] = trainer.world_size
+        stored_world = ckpt["corel"].get("world_size") if ckpt_path is not None else None
+        if stored_world is not None and stored_world != trainer.world_size:
+            raise ValueError(f"{out} was started on {stored_world} device(s) (devices x nodes), not "
+                             f"{trainer.world_size}; resuming would mix two runs (each device trains on its own "
+                             "share of every epoch's batches)")
         start = time.perf_counter()
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - start
