@@ -29,9 +29,12 @@ NO_CUDA_HERE = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA devi
     (["fit", "imgs", "--out", "m.corel", "--device", "meta"], "--device: meta: corel encodes on cpu, cuda or mps"),
     (["train", "--data", "digits", "--out", "x", "--resume"], "nothing to resume in x"),
     (["ablate", "--data", "digits", "--out", "README.md"], "--out: README.md is a file; give a folder"),
-    (["ablate", "--data", "digits", "--out", "README.md/x"], "corel ablate: error: [Errno 20] Not a directory"),
+    (["ablate", "--data", "digits", "--out", "README.md/x", "-n", "20"], "corel ablate: error: [Errno 20] Not a directory"),
     (["compare", "--data", "digits", "--methods", "dagmm", "--classes", "12", "--out", "x"],
      "classes [12] have no training samples"),
+    # checked before any training (it came after every backbone of the grid was trained)
+    (["ablate", "--data", "digits", "--out", "x", "-n", "20,105"], "class 8 has 104 training samples, fewer than n = 105"),
+    (["ablate", "--data", "digits", "--out", "x", "-n", "2000"], "fewer than n = 2000 (9 other classes too)"),
     # devices that are not here: Lightning and torch failed with tracebacks (MisconfigurationException, AssertionError)
     pytest.param(["train", "--data", "digits", "--out", "x", "--accelerator", "gpu"],
                  "--accelerator: gpu: torch sees no GPU here", marks=NO_CUDA_HERE),

@@ -23,6 +23,7 @@ from corel.detection.backbone import Backbone
 from corel.detection.models import AutoencoderConfig
 from corel.experiments import reports
 from corel.experiments.datasets import ImageData
+from corel.experiments.protocol import check_sample_counts
 from corel.experiments.training import TrainConfig
 from corel.experiments.workflows import encode_splits, evaluate_backbone, train_backbone
 
@@ -74,6 +75,7 @@ def ablate(data: ImageData, out_dir: str | Path, layouts: Sequence[Layout], lams
 
     Units another process is working on are left to it; this call then reports what is finished.
     """
+    check_sample_counts(data.y_train, ns)  # before hours of training
     out = Path(out_dir)
     cells = [(layout, lam) for layout in layouts for lam in lams]
     for layout, lam in cells:

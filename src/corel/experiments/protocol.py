@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -27,6 +27,19 @@ def draw_indices(y_train: np.ndarray, cls: int, n: int, draw: int, seed: int = 0
         raise ValueError(f"class {cls} has {len(members)} training samples, fewer than n = {n}")
     rng = np.random.default_rng([seed, cls, draw])
     return np.sort(rng.choice(members, size=n, replace=False))
+
+
+def check_sample_counts(y_train: np.ndarray, ns: Sequence[int], classes: Sequence[int] | None = None) -> None:
+    """ValueError unless every class (of ``classes``, default all) has at least max(``ns``) training
+    samples: checked before any work (a long training or evaluation would otherwise end in it)."""
+    labels, counts = np.unique(y_train, return_counts=True)
+    have = dict(zip(labels.tolist(), counts.tolist()))
+    short = {int(c): have.get(int(c), 0) for c in (labels if classes is None else classes)
+             if have.get(int(c), 0) < max(ns)}
+    if short:
+        c, k = min(short.items(), key=lambda item: item[1])
+        raise ValueError(f"class {c} has {k} training samples, fewer than n = {max(ns)}"
+                         + (f" ({len(short) - 1} other classes too)" if len(short) > 1 else ""))
 
 
 def cell_seed(seed: int, cls: int, draw: int) -> int:
@@ -186,6 +199,7 @@ def evaluate(
     if unknown:
         raise ValueError(f"classes {unknown} have no training samples (the training split's classes: "
                          f"{', '.join(map(str, np.unique(y_train)))})")
+    check_sample_counts(y_train, [n], labels)
     names = [str(c) for c in labels] if class_names is None else [class_names[c] for c in labels]
     subset = stratified_subset(y_test, test_size, seed)
     x_test, y_test = x_test[subset], y_test[subset]

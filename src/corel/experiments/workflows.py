@@ -17,7 +17,7 @@ from corel.detection.detector import OneClassDetector
 from corel.detection.models import AutoencoderConfig
 from corel.experiments import reports
 from corel.experiments.datasets import ImageData, load_dataset
-from corel.experiments.protocol import PROTOCOLS, ProtocolResult, evaluate
+from corel.experiments.protocol import PROTOCOLS, ProtocolResult, check_sample_counts, evaluate
 from corel.experiments.training import TrainConfig, train
 from corel.topology.distances import Metric
 from corel.topology.theory import Codes, Densification, as_codes, check_analysis, check_sizes, densification_sizes, densify
@@ -133,10 +133,11 @@ def reproduce(name: str, out_dir: str | Path, data_dir: str | Path | None = None
     proto = PROTOCOLS[name]
     out = Path(out_dir)
     train_data = load_dataset(proto.train_data, data_dir, download=download)
-    mc = model_config or default_model_config(train_data, **(architecture or {}))
-    backbone = train_backbone(train_data, out / "backbone", mc, config, resume=True, progress=progress, **trainer_kwargs)
     eval_data = train_data if proto.eval_data == proto.train_data and eval_data_dir is None else \
         load_dataset(proto.eval_data, eval_data_dir or data_dir, download=download)
+    check_sample_counts(eval_data.y_train, ns)  # before hours of training
+    mc = model_config or default_model_config(train_data, **(architecture or {}))
+    backbone = train_backbone(train_data, out / "backbone", mc, config, resume=True, progress=progress, **trainer_kwargs)
     results = evaluate_backbone(backbone, eval_data, out, ns=ns, draws=draws, seed=seed, cells=True, progress=progress)
     rows = [[n, f"{r.mean:.2f}", f"{r.std_over_draws:.2f}",
              f"{proto.published_mean:.2f}" if proto.published_mean is not None and n == 120 else "-"]
