@@ -50,10 +50,10 @@ def test_cells_from_other_settings_are_refused(tmp_path):
     data = _codes()
     evaluate(Recorder(), *data, n=10, draws=1, classes=[0], cells_dir=tmp_path, settings={"radius": 2.0},
              progress=False)
-    with pytest.raises(ValueError, match="other settings.*n"):
+    with pytest.raises(ValueError, match=r"other settings \(n: 10 -> 12\)"):
         evaluate(Recorder(), *data, n=12, draws=1, classes=[0], cells_dir=tmp_path, settings={"radius": 2.0},
                  progress=False)
-    with pytest.raises(ValueError, match="other settings.*radius"):
+    with pytest.raises(ValueError, match=r"other settings \(radius: 2.0 -> 3.0\)"):
         evaluate(Recorder(), *data, n=10, draws=1, classes=[0], cells_dir=tmp_path, settings={"radius": 3.0},
                  progress=False)
     (tmp_path / "class0_draw0.json").write_text("{trunc")

@@ -95,8 +95,9 @@ class CellStore:
         if not create_exclusive(key_file, json.dumps(key, indent=2) + "\n"):
             stored = json.loads(key_file.read_text())
             if stored != key:
-                changed = sorted(k for k in set(stored) | set(key) if stored.get(k) != key.get(k))
-                raise ValueError(f"{self.directory} holds results computed with other settings ({', '.join(changed)}); "
+                changed = [_difference(k, stored.get(k, "(missing)"), key.get(k, "(missing)"))
+                           for k in sorted(set(stored) | set(key)) if stored.get(k) != key.get(k)]
+                raise ValueError(f"{self.directory} holds results computed with other settings ({'; '.join(changed)}); "
                                  "use another output folder or delete it")
 
     def _path(self, cls: int, draw: int) -> Path:
@@ -113,6 +114,12 @@ class CellStore:
 
     def put(self, cls: int, draw: int, auroc: float, seconds: float) -> None:
         atomic_write_json(self._path(cls, draw), {"class": cls, "draw": draw, "auroc": auroc, "seconds": seconds})
+
+
+def _difference(name: str, stored: object, wanted: object) -> str:
+    """'name: stored -> wanted', or the name alone where the values are long (a backbone's whole record)."""
+    values = f"{stored!r} -> {wanted!r}"
+    return f"{name}: {values}" if len(values) <= 80 else name
 
 
 @dataclass
