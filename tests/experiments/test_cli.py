@@ -58,6 +58,10 @@ def test_an_interruption_says_how_to_continue(monkeypatch, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["demo", "--out", str(tmp_path)])
     assert exit_info.value.code == 130 and "corel demo: interrupted" in capsys.readouterr().err
+    monkeypatch.setattr(workflows, "analyze_backbone_densification", interrupted)
+    with pytest.raises(SystemExit) as exit_info:  # keeps nothing: it must not promise to continue
+        main(["analyze", "densification", "--backbone", "cifar10", "--data", "digits", "--out", str(tmp_path)])
+    assert exit_info.value.code == 130 and capsys.readouterr().err == "corel analyze: interrupted\n"
     monkeypatch.setattr(ablation, "ablate", interrupted)
     with pytest.raises(SystemExit) as exit_info:
         main(["ablate", "--data", "digits", "--out", str(tmp_path)])

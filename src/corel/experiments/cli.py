@@ -589,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, NotImplementedError, ImportError) as e:  # OSError: a folder not writable, a full disk
         parser.exit(2, f"corel {args.command}: error: {e}\n")
     except KeyboardInterrupt:  # (an interrupted training has said where it stopped and how to go on)
-        kept = args.command not in {"train", "evaluate", "fit", "score", "demo"}
+        kept = args.command in {"reproduce", "compare", "ablate", "demo"}  # those that resume from --out
         again = "; finished work is kept in --out: run the same command to continue" if kept else ""
         parser.exit(130, f"corel {args.command}: interrupted{again}\n")
 
