@@ -105,6 +105,10 @@ def test_a_rerun_with_other_draws_or_seed_is_not_taken_as_done(tmp_path, digits)
     assert row[6] == "2"  # draws
     with pytest.raises(ValueError, match="other settings.*seed"):
         run(digits, tmp_path, **grid, draws=2, seed=1)
+    # more epochs train the backbone on: the evaluations of its earlier weights are not reported as its own
+    with pytest.raises(ValueError, match="other settings.*backbone_fingerprint"):
+        ablate(digits, tmp_path, **{**GRID, **grid, "draws": 2}, model_config=default_model_config(digits),
+               config=TrainConfig(epochs=3, batch_size=50, eta=1.0), progress=False, accelerator="cpu", devices=1)
 
 
 def test_an_eta_of_many_digits_keeps_its_cell_in_the_table(tmp_path, digits):

@@ -99,7 +99,8 @@ def ablate(data: ImageData, out_dir: str | Path, layouts: Sequence[Layout], lams
         for radius in sorted({backbone.eta if r is None else r for _, r in evaluations}):
             todo = sorted({n for n, r in evaluations if (backbone.eta if r is None else r) == radius})
             where = _evaluation_dir(out, name, radius)
-            todo = [n for n in todo if not _evaluated(where / f"auroc_{data.name}_n{n}.json", draws, seed)]
+            todo = [n for n in todo if not _evaluated(where / f"auroc_{data.name}_n{n}.json", draws, seed,
+                                                      backbone.fingerprint)]
             if not todo:
                 continue
             with claim(out / "locks" / f"{name}.r{radius:g}.lock") as mine:
@@ -112,13 +113,15 @@ def ablate(data: ImageData, out_dir: str | Path, layouts: Sequence[Layout], lams
     return write_report(out, data.name, n_ref)
 
 
-def _evaluated(path: Path, draws: int, seed: int) -> bool:
-    """Whether the evaluation report ``path`` exists with these draws and seed (one of others is
-    evaluated again: its stored cells give the draws they share, another seed is refused there)."""
+def _evaluated(path: Path, draws: int, seed: int, fingerprint: str) -> bool:
+    """Whether the evaluation report ``path`` exists with these draws and seed, of the backbone with this
+    fingerprint (one of others is evaluated again: its stored cells give the draws they share; another
+    seed, or a backbone trained on with more epochs, is refused there, naming the difference)."""
     if not path.exists():
         return False
     result = json.loads(path.read_text())
-    return result["draws"] == draws and result["seed"] == seed
+    return (result["draws"] == draws and result["seed"] == seed
+            and result["settings"].get("backbone_fingerprint") == fingerprint)
 
 
 def _finished(out: Path, data: str) -> list[dict[str, Any]]:
