@@ -28,6 +28,8 @@ NO_CUDA_HERE = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA devi
     (["fit", "imgs", "--out", "m.corel", "--device", "gpu0"], "--device: not a device"),
     (["fit", "imgs", "--out", "m.corel", "--device", "meta"], "--device: meta: corel encodes on cpu, cuda or mps"),
     (["train", "--data", "digits", "--out", "x", "--resume"], "nothing to resume in x"),
+    (["train", "--data", "digits", "--out", "x", "--seed", "-1"], "--seed: must be >= 0, got -1"),
+    (["compare", "--data", "digits", "--out", "x", "--seed", "4294967296"], "--seed: must be < 2**32"),
     (["ablate", "--data", "digits", "--out", "README.md"], "--out: README.md is a file; give a folder"),
     (["ablate", "--data", "digits", "--out", "README.md/x", "-n", "20"], "corel ablate: error: [Errno 20] Not a directory"),
     (["compare", "--data", "digits", "--methods", "dagmm", "--classes", "12", "--out", "x"],

@@ -150,7 +150,8 @@ def test_backbone_file_errors(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [({"batch_size": 1}, "batch size"), ({"eta": 0}, "eta"),
-                                             ({"epochs": 0}, "epochs"), ({"lam": -1}, "lambda")])
+                                             ({"epochs": 0}, "epochs"), ({"lam": -1}, "lambda"),
+                                             ({"seed": -1}, "seed"), ({"seed": 2 ** 32}, "seed")])
 def test_bad_train_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**kwargs)

@@ -54,6 +54,14 @@ def _int_at_least(minimum: int):
     return parse
 
 
+def _seed(text: str) -> int:
+    """A seed numpy and Lightning take: 0 <= seed < 2**32 (Lightning refused others only once training began)."""
+    value = _int_at_least(0)(text)
+    if value >= 2 ** 32:
+        raise argparse.ArgumentTypeError(f"must be < 2**32, got {text}")
+    return value
+
+
 def _float_list(minimum: float, inclusive: bool):
     def parse(text: str) -> tuple[float, ...]:
         try:
@@ -187,7 +195,7 @@ def _add_train_args(p: argparse.ArgumentParser, grid: bool = False) -> None:
     else:
         g.add_argument("--lam", type=_non_negative_float, default=20.0, help="weight of the connectivity loss")
     g.add_argument("--metric", type=_metric, default="l1", help="latent metric: l1, l2, linf or a number p >= 1")
-    g.add_argument("--seed", type=int, default=0, help="random seed")
+    g.add_argument("--seed", type=_seed, default=0, help="random seed")
     g.add_argument("--arch", choices=("conv", "mlp"), default=None, help="default: conv for 32x32 images, else mlp")
     if not grid:
         g.add_argument("--branches", type=_int_at_least(1), default=16, help="latent branches")
@@ -453,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=_int_list(1), default=(120,), help="samples per class, e.g. 80,120,500")
     p.add_argument("--draws", type=_int_at_least(1), default=5, help="random draws per class")
     p.add_argument("--radius", type=_positive_float, default=None, help="ball radius (default: the backbone's eta)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed")
     p.add_argument("--out", type=_output_folder, required=True, help="folder for CSV/JSON/Markdown/PNG reports")
     p.add_argument("--report", action="store_true",
                    help="also one HTML page per class (first draw, first n): images, scores, ROC curve and AUROC")
@@ -481,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default=None, help="backbone for method corel: cifar10 (shipped), a backbone.pt, or a run's checkpoints/*.ckpt")
     p.add_argument("-n", type=_int_at_least(1), default=120, help="samples per class")
     p.add_argument("--draws", type=_int_at_least(1), default=5, help="random draws per class")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed")
     p.add_argument("--small", action="store_true", help="CPU-sized baseline networks (GEOM: a small net)")
     p.add_argument("--classes", type=_int_list(0), default=None, help="comma-separated class indices (default: all)")
     p.add_argument("--test-size", type=_int_at_least(2), default=None,
@@ -554,14 +562,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(t)
     t.add_argument("--batch-size", type=_int_at_least(2), default=100, help="the training batch size b")
     t.add_argument("--num-samples", type=_int_at_least(2), default=None, help="largest N (default: all training images)")
-    t.add_argument("--seed", type=int, default=0, help="random seed")
+    t.add_argument("--seed", type=_seed, default=0, help="random seed")
     t.add_argument("--out", type=_output_folder, required=True)
     t.set_defaults(func=_analyze_densification)
 
     p = sub.add_parser("demo", help="the whole method on sklearn's bundled digits, with and without the loss")
     p.add_argument("--out", type=_output_folder, default=Path("runs/demo"), help="folder for reports and plots")
     p.add_argument("--quick", action="store_true", help="a few epochs and one draw (seconds; used by the tests)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed")
     p.set_defaults(func=_demo)
     _with_defaults_shown(parser)
     return parser
