@@ -202,6 +202,8 @@ def evaluate(
     if n < 1 or draws < 1:
         raise ValueError(f"n and draws must be >= 1, got n={n}, draws={draws}")
     labels = np.unique(y_train) if classes is None else np.asarray(classes)
+    if len(set(labels.tolist())) < len(labels):  # a class twice would weigh twice in the mean
+        raise ValueError(f"classes must be distinct, got {labels.tolist()}")
     unknown = sorted(set(labels.tolist()) - set(np.unique(y_train).tolist()))
     if unknown:
         raise ValueError(f"classes {unknown} have no training samples (the training split's classes: "
