@@ -165,3 +165,9 @@ def test_demo_and_reproduce_refuse_a_backbone_of_other_settings(tmp_path, monkey
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, "--lam", "10"])
     assert exit_info.value.code == 2 and "train.lam: 20.0 -> 10.0" in capsys.readouterr().err
+
+
+def test_analyze_batch_size_prints_no_negative_death_time(capsys):
+    assert main(["analyze", "batch-size", "--batch-size", "100000000"]) == 0
+    out = capsys.readouterr().out
+    assert "within +-4.810 eta, i.e. [0.000, 11.619]" in out  # a tolerance beyond 1 reaches down to 0, not below

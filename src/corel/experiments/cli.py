@@ -401,7 +401,7 @@ def _analyze_batch_size(args: argparse.Namespace) -> int:
     if args.batch_size is not None:
         t = tolerance_for_batch_size(args.batch_size, args.dim, args.eta)
         print(f"batch size {args.batch_size}, branch dim {args.dim}, eta {args.eta}: death times can all lie within "
-              f"+-{t:.3f} eta, i.e. [{args.eta * (1 - t):.3f}, {args.eta * (1 + t):.3f}]")
+              f"+-{t:.3f} eta, i.e. [{max(0.0, args.eta * (1 - t)):.3f}, {args.eta * (1 + t):.3f}]")  # deaths >= 0
     else:
         b = batch_size_for_tolerance(args.dim, args.eta, args.tolerance)
         print(f"branch dim {args.dim}, eta {args.eta}, death times within +-{args.tolerance} eta: batch size <= {b}")
