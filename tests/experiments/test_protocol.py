@@ -78,6 +78,10 @@ def test_report_only_leaves_missing_cells_out(tmp_path):
     for path in write_protocol(nothing, tmp_path / "none")[:3]:
         assert "nan" not in path.read_text().lower(), path.name
     assert "| **mean** (0 of 2 classes) | - |" in protocol_markdown(nothing)
+    # a report from a folder with no cells yet leaves no key behind that would refuse the real run
+    evaluate(idle, *data, n=10, draws=1, seed=7, cells_dir=tmp_path / "fresh", compute=False, progress=False)
+    assert not (tmp_path / "fresh").exists()
+    evaluate(Recorder(), *data, n=10, draws=1, classes=[0], cells_dir=tmp_path / "fresh", progress=False)
 
 
 def test_cell_seeds_differ_between_draws_and_classes():

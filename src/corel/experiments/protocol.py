@@ -86,13 +86,13 @@ class CellStore:
     ``key`` (method, data, n, seed, settings ...) is kept in key.json: cells computed under another key
     are never mixed in; opening such a directory raises."""
 
-    def __init__(self, directory: str | Path, key: dict):
+    def __init__(self, directory: str | Path, key: dict, *, create: bool = True):
+        """``create=False``: only read (a directory without a key holds no cells, and gets no key)."""
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
         key_file = self.directory / "key.json"
         key = json.loads(json.dumps(key))  # as it reads back (tuples become lists)
         # created only if absent: of processes starting at once with different keys, one wins, the others fail
-        if not create_exclusive(key_file, json.dumps(key, indent=2) + "\n"):
+        if (create or key_file.exists()) and not create_exclusive(key_file, json.dumps(key, indent=2) + "\n"):
             stored = json.loads(key_file.read_text())
             if stored != key:
                 changed = [_difference(k, stored.get(k, "(missing)"), key.get(k, "(missing)"))
@@ -216,7 +216,7 @@ def evaluate(
                 "data_digest": data_digest, **(settings or {})}
     store = None if cells_dir is None else CellStore(cells_dir, {
         "method": method, "dataset": dataset, "n": n, "seed": seed,
-        **{k: v for k, v in settings.items() if k not in ("draws", "classes")}})
+        **{k: v for k, v in settings.items() if k not in ("draws", "classes")}}, create=compute)
     auroc = np.full((len(labels), draws), np.nan)
     seconds = 0.0
     cells = [(i, int(c), r) for i, c in enumerate(labels) for r in range(draws)]
