@@ -147,3 +147,10 @@ def test_locks_and_cell_keys_are_created_whole_and_once(tmp_path):
     with claim(tmp_path / "lock") as mine:  # a lock is never seen empty (an empty one was held for ever)
         assert mine and (tmp_path / "lock").read_text() == f"{socket.gethostname()} {os.getpid()}"
     assert not (tmp_path / "lock").exists()
+
+
+def test_the_report_needs_only_the_evaluations(tmp_path, digits):
+    grid = dict(lams=[1.0], layouts=[Layout(2, 3)], radii=(), ns=(20,))
+    report = run(digits, tmp_path, **grid).read_text()
+    (tmp_path / "backbones" / "digits_2x3_lam1" / "summary.json").unlink()  # being rewritten by another process
+    assert ablation.write_report(tmp_path, "digits", 20).read_text() == report

@@ -93,7 +93,7 @@ def ablate(data: ImageData, out_dir: str | Path, layouts: Sequence[Layout], lams
     for layout, lam in cells:
         name = run_name(data.name, layout, lam)
         folder = out / "backbones" / name
-        if not (folder / "backbone.pt").exists():
+        if not (folder / "summary.json").exists():  # the last file a finished training writes
             continue  # still training elsewhere
         backbone, codes = Backbone.load(folder / "backbone.pt"), None
         for radius in sorted({backbone.eta if r is None else r for _, r in evaluations}):
@@ -125,19 +125,22 @@ def _evaluated(path: Path, draws: int, seed: int, fingerprint: str) -> bool:
 
 
 def _finished(out: Path, data: str) -> list[dict[str, Any]]:
-    """Every finished evaluation in ``out``: run, layout, lambda, radius, n, mean AUROC, std."""
+    """Every finished evaluation in ``out``: run, layout, lambda, radius, the backbone's eta, n, mean AUROC,
+    std (all from the evaluation's own file: the report needs no other file of the run)."""
     found = []
     for path in sorted((out / "evaluations").glob(f"*/r*/auroc_{data}_n*.json")):
         run = path.parent.parent.name
-        match = re.fullmatch(rf"{re.escape(data)}_(\d+)x(\d+)_lam(.+)", run)
+        match = re.fullmatch(rf"{re.escape(data)}_(\d+)x(\d+)_lam.+", run)
         if match is None:
             continue
         result = json.loads(path.read_text())
         if result["finished_classes"] != len(result["classes"]) or result["mean"] is None:
             continue
-        found.append({"run": run, "layout": Layout(int(match[1]), int(match[2])), "lam": float(match[3]),
-                      # the exact radius: the folder's name has 6 digits, and the table compares it with eta
-                      "radius": result["settings"]["radius"], "n": result["n"], "draws": result["draws"],
+        trained = result["settings"]["backbone"]["train"]
+        # exact values: the folders' names have 6 digits, and the table compares the radius with eta
+        found.append({"run": run, "layout": Layout(int(match[1]), int(match[2])), "lam": trained["lam"],
+                      "radius": result["settings"]["radius"], "eta": trained["eta"],
+                      "n": result["n"], "draws": result["draws"],
                       "mean": result["mean"], "std_over_draws": result["std_over_draws"]})
     return found
 
@@ -148,9 +151,7 @@ def write_report(out_dir: str | Path, data: str, n_ref: int = REFERENCE_N) -> Pa
     ``out_dir``."""
     out = Path(out_dir)
     rows = _finished(out, data)
-    etas = {r["run"]: json.loads((out / "backbones" / r["run"] / "summary.json").read_text())["train"]["eta"]
-            for r in rows}
-    at_eta = [r for r in rows if r["radius"] == etas[r["run"]]]
+    at_eta = [r for r in rows if r["radius"] == r["eta"]]
     grid = {(r["layout"], r["lam"]): r for r in at_eta if r["n"] == n_ref}
     layouts = sorted({layout for layout, _ in grid}, key=lambda lay: (lay.branch_dim * lay.branches, lay))
     lams = sorted({lam for _, lam in grid})
