@@ -75,6 +75,13 @@ def create_exclusive(path: str | os.PathLike, text: str) -> bool:
             os.link(tmp, path)
         except FileExistsError:
             return False
+        except OSError:  # a filesystem without hard links: create, then write (a kill between leaves it empty)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(text.encode())
     _fsync_folder(path.parent)
     return True
 

@@ -154,3 +154,14 @@ def test_the_report_needs_only_the_evaluations(tmp_path, digits):
     report = run(digits, tmp_path, **grid).read_text()
     (tmp_path / "backbones" / "digits_2x3_lam1" / "summary.json").unlink()  # being rewritten by another process
     assert ablation.write_report(tmp_path, "digits", 20).read_text() == report
+
+
+def test_exclusive_creation_without_hard_links(tmp_path, monkeypatch):
+    from corel._io import create_exclusive
+
+    def no_links(*args):
+        raise PermissionError("hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    assert create_exclusive(tmp_path / "lock", "a") and not create_exclusive(tmp_path / "lock", "b")
+    assert (tmp_path / "lock").read_text() == "a" and [p.name for p in tmp_path.iterdir()] == ["lock"]
