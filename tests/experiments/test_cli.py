@@ -31,13 +31,15 @@ NO_CUDA_HERE = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA devi
     (["train", "--data", "digits", "--out", "x", "--seed", "-1"], "--seed: must be >= 0, got -1"),
     (["compare", "--data", "digits", "--out", "x", "--seed", "4294967296"], "--seed: must be < 2**32"),
     (["ablate", "--data", "digits", "--out", "README.md"], "--out: README.md is a file; give a folder"),
-    (["ablate", "--data", "digits", "--out", "README.md/x", "-n", "20"], "corel ablate: error: [Errno 20] Not a directory"),
+    (["ablate", "--data", "digits", "--out", "README.md/x", "-n", "20"],
+     "corel ablate: error: [Errno 20] Not a directory"),
     (["compare", "--data", "digits", "--methods", "dagmm", "--classes", "12", "--out", "x"],
      "classes [12] have no training samples"),
     (["compare", "--data", "digits", "--methods", "dagmm", "--classes", "0,0,1", "--out", "x"],
      "classes must be distinct, got [0, 0, 1]"),
     # checked before any training (it came after every backbone of the grid was trained)
-    (["ablate", "--data", "digits", "--out", "x", "-n", "20,105"], "class 8 has 104 training samples, fewer than n = 105"),
+    (["ablate", "--data", "digits", "--out", "x", "-n", "20,105"],
+     "class 8 has 104 training samples, fewer than n = 105"),
     (["ablate", "--data", "digits", "--out", "x", "-n", "2000"], "fewer than n = 2000 (9 other classes too)"),
     # devices that are not here: Lightning and torch failed with tracebacks (MisconfigurationException, AssertionError)
     pytest.param(["train", "--data", "digits", "--out", "x", "--accelerator", "gpu"],

@@ -486,7 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--methods", default="corel,ocsvm_cae,deep_svdd,dagmm,dsebm,geom",
                    help="comma-separated: corel, ocsvm_cae, deep_svdd, dagmm, dsebm, geom")
-    p.add_argument("--backbone", default=None, help="backbone for method corel: cifar10 (shipped), a backbone.pt, or a run's checkpoints/*.ckpt")
+    p.add_argument("--backbone", default=None,
+                   help="backbone for method corel: cifar10 (shipped), a backbone.pt, or a run's checkpoints/*.ckpt")
     p.add_argument("-n", type=_int_at_least(1), default=120, help="samples per class")
     p.add_argument("--draws", type=_int_at_least(1), default=5, help="random draws per class")
     p.add_argument("--seed", type=_seed, default=0, help="random seed")

@@ -84,8 +84,8 @@ def evaluate_backbone(backbone: Backbone, data: ImageData, out_dir: str | Path |
         cells_dir = Path(out_dir) / f"cells_{data.name}_n{n}" if cells and out_dir is not None else None
         result = evaluate(make, codes.train, data.y_train, codes.test, data.y_test, class_names=list(data.class_names),
                           n=n, draws=draws, seed=seed, classes=classes, test_size=test_size, method=method,
-                          dataset=data.name, data_digest=data.digest, settings=settings, cells_dir=cells_dir, compute=compute,
-                          progress=progress)
+                          dataset=data.name, data_digest=data.digest, settings=settings, cells_dir=cells_dir,
+                          compute=compute, progress=progress)
         result.settings["encode_seconds"] = codes.seconds
         result.seconds += codes.seconds  # the fits only count codes: encoding is the cost
         if out_dir is not None:
@@ -137,7 +137,8 @@ def reproduce(name: str, out_dir: str | Path, data_dir: str | Path | None = None
         load_dataset(proto.eval_data, eval_data_dir or data_dir, download=download)
     check_sample_counts(eval_data.y_train, ns)  # before hours of training
     mc = model_config or default_model_config(train_data, **(architecture or {}))
-    backbone = train_backbone(train_data, out / "backbone", mc, config, resume=True, progress=progress, **trainer_kwargs)
+    backbone = train_backbone(train_data, out / "backbone", mc, config, resume=True, progress=progress,
+                              **trainer_kwargs)
     results = evaluate_backbone(backbone, eval_data, out, ns=ns, draws=draws, seed=seed, cells=True, progress=progress)
     rows = [[n, f"{r.mean:.2f}", f"{r.std_over_draws:.2f}",
              f"{proto.published_mean:.2f}" if proto.published_mean is not None and n == 120 else "-"]
