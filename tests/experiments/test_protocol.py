@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from corel.detection.detector import OneClassDetector
-from corel.experiments.protocol import CellStore, cell_seed, draw_indices, evaluate, stratified_subset
+from corel.experiments.protocol import CellStore, ProtocolResult, cell_seed, draw_indices, evaluate, stratified_subset
 from corel.experiments.reports import protocol_markdown, write_protocol
 
 
@@ -132,3 +132,17 @@ def test_protocol_report_files(tmp_path):
     result = evaluate(lambda _seed: OneClassDetector(None, radius=1.0, branches=2), x, y, x, y, n=5, draws=1, progress=False)
     for path in write_protocol(result, tmp_path):
         assert path.stat().st_size > 0
+
+
+def test_comparison_std_covers_the_classes_of_its_mean(tmp_path):
+    from corel.experiments.reports import write_comparison
+
+    data = _codes()
+    full = evaluate(Recorder(), *data, n=10, draws=3, progress=False, method="a")
+    part = ProtocolResult("b", "", 10, 0, full.class_names, full.auroc.copy())
+    part.auroc[2] = np.nan  # b finished classes 0 and 1 only
+    write_comparison({"a": full, "b": part}, tmp_path / "cmp")
+    rows = list(csv.DictReader((tmp_path / "cmp.csv").read_text().splitlines()))
+    brute = full.auroc[:2].mean(axis=0).std(ddof=1)  # std over draws of the mean over classes 0 and 1
+    assert [float(r["std_over_draws"]) for r in rows] == [pytest.approx(brute, abs=5e-5)] * 2
+    assert [float(r["mean"]) for r in rows] == [pytest.approx(full.per_class[:2].mean(), abs=5e-5)] * 2

@@ -153,9 +153,13 @@ class ProtocolResult:
     @property
     def std_over_draws(self) -> float:
         """Standard deviation over draws of the class-mean AUROC over finished classes (0 for one draw)."""
-        if self.auroc.shape[1] < 2 or not self.finished.any():  # (numpy would warn about the empty mean)
+        return self.spread_over_draws(self.finished)
+
+    def spread_over_draws(self, among: np.ndarray) -> float:
+        """:attr:`std_over_draws` over the classes where ``among`` (classes,) is True, all finished."""
+        if self.auroc.shape[1] < 2 or not among.any():  # (numpy would warn about the empty mean)
             return 0.0
-        return float(self.auroc[self.finished].mean(axis=0).std(ddof=1))
+        return float(self.auroc[among].mean(axis=0).std(ddof=1))
 
     def to_dict(self) -> dict:
         return {

@@ -111,17 +111,18 @@ def plot_auroc_bars(results: dict[str, ProtocolResult], path: str | Path, title:
 
 
 def write_comparison(results: dict[str, ProtocolResult], stem: Path, title: str = "") -> None:
-    """<stem>.md/.csv: per method the mean AUROC over the classes every method finished, and per class;
-    <stem>.png: the grouped bar chart."""
+    """<stem>.md/.csv: per method the mean AUROC (and its std over draws) over the classes every method
+    finished, and per class; <stem>.png: the grouped bar chart."""
     common = np.logical_and.reduce([r.finished for r in results.values()])
     names = next(iter(results.values())).class_names
     scope = "all classes" if common.all() else f"the {common.sum()} of {len(names)} classes every method finished"
     md_rows, csv_rows = [], []
     for m, r in results.items():
         common_mean = float(r.per_class[common].mean()) if common.any() else float("nan")
-        md_rows.append([m, number(common_mean, ".2f", "-"), f"{r.std_over_draws:.2f}", f"{r.seconds:.0f}",
+        spread = r.spread_over_draws(common)  # over the classes of the mean beside it
+        md_rows.append([m, number(common_mean, ".2f", "-"), f"{spread:.2f}", f"{r.seconds:.0f}",
                         *[number(v, ".1f", "-") for v in r.per_class]])
-        csv_rows.append([m, number(common_mean, ".4f"), f"{r.std_over_draws:.4f}", f"{r.seconds:.1f}",
+        csv_rows.append([m, number(common_mean, ".4f"), f"{spread:.4f}", f"{r.seconds:.1f}",
                          *[number(v, ".4f") for v in r.per_class]])
     note = f"Mean over {scope}; seconds = fitting and scoring time of the finished cells.\n\n"
     write_text(stem.with_suffix(".md"), note + markdown_table(
