@@ -107,6 +107,14 @@ def test_evaluation_on_a_test_subset():
     assert result.settings["test_size"] == 30
 
 
+def test_cells_of_another_test_subset_of_the_same_size_are_refused(tmp_path):
+    data = _codes()
+    assert len(stratified_subset(data[3], 6)) == len(stratified_subset(data[3], 7)) == 6  # other samples, as many
+    evaluate(Recorder(), *data, n=10, draws=1, classes=[0], test_size=6, cells_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="other settings.*test_subset"):
+        evaluate(Recorder(), *data, n=10, draws=1, classes=[1], test_size=7, cells_dir=tmp_path, progress=False)
+
+
 def test_cell_store_writes_its_key(tmp_path):
     CellStore(tmp_path, {"method": "m", "n": (1, 2)})
     CellStore(tmp_path, {"method": "m", "n": (1, 2)})  # tuples read back as lists: the same key

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from corel._io import atomic_write_json, create_exclusive
+from corel._io import atomic_write_json, content_digest, create_exclusive
 from corel.detection.base import BaseDetector
 
 
@@ -217,7 +217,8 @@ def evaluate(
     subset = stratified_subset(y_test, test_size, seed)
     x_test, y_test = x_test[subset], y_test[subset]
     settings = {"draws": draws, "classes": [int(c) for c in labels], "test_size": len(subset),
-                "data_digest": data_digest, **(settings or {})}
+                # which test samples: --test-size 50 and 51 both take 50 samples, but other ones
+                "test_subset": content_digest(subset)[:16], "data_digest": data_digest, **(settings or {})}
     store = None if cells_dir is None else CellStore(cells_dir, {
         "method": method, "dataset": dataset, "n": n, "seed": seed,
         **{k: v for k, v in settings.items() if k not in ("draws", "classes")}}, create=compute)
