@@ -81,9 +81,15 @@ def test_training_leaves_torch_flags_as_it_found_them(tmp_path, digits, monkeypa
 def test_resume_equals_uninterrupted(tmp_path, digits):
     straight = run(digits, tmp_path / "a", epochs=3)
     run(digits, tmp_path / "b", epochs=2)
+    first = json.loads((tmp_path / "b" / "summary.json").read_text())["fit_seconds"]
+    ckpt = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt["corel"]["fit_seconds"] = 1000.0  # marks the first session's seconds
+    torch.save(ckpt, tmp_path / "b" / "checkpoints" / "last.ckpt")
     resumed = run(digits, tmp_path / "b", epochs=3, resume=True)
     for (k, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         torch.testing.assert_close(a, b, msg=k)
+    # the run's seconds count every session (the summary counted the last one only)
+    assert 0 < first < 1000 < json.loads((tmp_path / "b" / "summary.json").read_text())["fit_seconds"] < 1000 + 60
 
 
 def test_an_interruption_raises_keyboard_interrupt_and_resumes(tmp_path, digits, monkeypatch, caplog):

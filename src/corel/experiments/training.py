@@ -247,12 +247,21 @@ class ImageDataModule(L.LightningDataModule):
 
 class _RunReport(Callback):
     """Logs the per-epoch wall time and throughput, then writes the epoch's checkpoint (through the
-    trainer, so every device takes part and the run's checkpoint IO writes it)."""
+    trainer, so every device takes part and the run's checkpoint IO writes it) with the run's seconds
+    so far: ``seconds_before`` (the earlier sessions', up to the checkpoint resumed from) plus this one's."""
 
-    def __init__(self, checkpoint: Path) -> None:
+    def __init__(self, checkpoint: Path, seconds_before: float = 0.0) -> None:
         self.checkpoint = checkpoint
         self.interrupted = False
-        self._start = 0.0
+        self.seconds_before = seconds_before
+        self._start = self._fit_start = time.perf_counter()
+
+    def fit_seconds(self) -> float:
+        """Seconds of training of the whole run, every session counted up to its last checkpoint."""
+        return self.seconds_before + time.perf_counter() - self._fit_start
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
@@ -263,6 +272,7 @@ class _RunReport(Callback):
         pl_module.log("epoch_seconds", seconds, rank_zero_only=True)
         pl_module.log("images_per_second", images / max(seconds, 1e-9), rank_zero_only=True)
         pl_module.check_diverged()
+        pl_module.run_record["fit_seconds"] = self.fit_seconds()
         trainer.save_checkpoint(self.checkpoint)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
@@ -455,7 +465,8 @@ def train(
             if not complete:  # stopped between its last checkpoint and the last final file: write them
                 backbone = backbone_from_checkpoint(ckpt_path, ckpt)
                 backbone.info = {**info, "epochs_completed": done}
-                _finish(out, backbone, backbone.info, None, ckpt["corel"].get("last_epoch_deaths"), None, config.lam)
+                _finish(out, backbone, backbone.info, ckpt["corel"].get("fit_seconds"),
+                        ckpt["corel"].get("last_epoch_deaths"), None, config.lam)
             return _nothing_to_do(out, done)
     elif finished and resume:
         summary = _read_summary(out)
@@ -473,7 +484,8 @@ def train(
                                      h0_backend)
     module.run_record = {"settings": settings}
     data = ImageDataModule(images, config.batch_size, config.seed)
-    report = _RunReport(out / "checkpoints" / "last.ckpt")
+    # a resumed run's seconds include its earlier sessions' (summary.json's fit_seconds counted the last one only)
+    report = _RunReport(out / "checkpoints" / "last.ckpt", ckpt["corel"].get("fit_seconds", 0.0) if ckpt_path else 0.0)
     with quiet_lightning(), _torch_flags_kept(), _interruption_raised(report):
         trainer = L.Trainer(
             max_epochs=config.epochs,
@@ -499,9 +511,8 @@ def train(
             raise ValueError(f"{out} was started on {stored_world} device(s) (devices x nodes), not "
                              f"{trainer.world_size}; resuming would mix two runs (each device trains on its own "
                              "share of every epoch's batches)")
-        start = time.perf_counter()
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    seconds = time.perf_counter() - start
+    seconds = report.fit_seconds()
     backbone = Backbone(module.model.cpu().eval(), config.eta, config.metric,
                         {**info, "epochs_completed": trainer.current_epoch})
     if trainer.is_global_zero:
