@@ -37,6 +37,7 @@ NO_CUDA_HERE = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA devi
      "classes [12] have no training samples"),
     (["compare", "--data", "digits", "--methods", "dagmm", "--classes", "0,0,1", "--out", "x"],
      "classes must be distinct, got [0, 0, 1]"),
+    (["compare", "--data", "digits", "--methods", "dagmm, svm", "--out", "x"], "unknown methods ['svm']"),
     # checked before any training (it came after every backbone of the grid was trained)
     (["ablate", "--data", "digits", "--out", "x", "-n", "20,105"],
      "class 8 has 104 training samples, fewer than n = 105"),

@@ -311,7 +311,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     backbone = _backbone(args.backbone) if args.backbone else None
     data = load_dataset(args.data, args.data_dir, download=args.download)
-    compare(args.methods.split(","), data, args.out, backbone=backbone, n=args.n, draws=args.draws, seed=args.seed,
+    compare([m.strip() for m in args.methods.split(",")], data, args.out, backbone=backbone, n=args.n, draws=args.draws, seed=args.seed,
             small=args.small, classes=args.classes, test_size=args.test_size, device=args.device,
             compute=not args.report_only, progress=_progress(args))
     print((args.out / f"compare_{data.name}_n{args.n}.md").read_text())
