@@ -311,9 +311,10 @@ def _compare(args: argparse.Namespace) -> int:
 
     backbone = _backbone(args.backbone) if args.backbone else None
     data = load_dataset(args.data, args.data_dir, download=args.download)
-    compare([m.strip() for m in args.methods.split(",")], data, args.out, backbone=backbone, n=args.n, draws=args.draws, seed=args.seed,
-            small=args.small, classes=args.classes, test_size=args.test_size, device=args.device,
-            compute=not args.report_only, progress=_progress(args))
+    methods = [m.strip() for m in args.methods.split(",")]
+    compare(methods, data, args.out, backbone=backbone, n=args.n, draws=args.draws, seed=args.seed, small=args.small,
+            classes=args.classes, test_size=args.test_size, device=args.device, compute=not args.report_only,
+            progress=_progress(args))
     print((args.out / f"compare_{data.name}_n{args.n}.md").read_text())
     return 0
 
