@@ -23,12 +23,11 @@ import numpy as np
 import torch
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
-    """``write(file)`` into a temporary file beside ``path``, fsync, then rename it to ``path``.
-
-    The file gets the permissions of any new file (0666 minus the umask), not a temporary file's 0600.
-    """
-    path = Path(path)
+@contextlib.contextmanager
+def _temporary_beside(path: Path, write: Callable[[BinaryIO], Any]) -> Iterator[Path]:
+    """``write(file)`` into a new temporary file beside ``path`` (same filesystem), flushed and fsynced;
+    yields its path and removes it afterwards unless it was renamed.  Permissions: those of any new
+    file (0666 minus the umask), not a temporary file's 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -37,12 +36,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> N
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        yield tmp
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not every filesystem lets a folder be fsynced
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Makes a rename or link in ``folder`` durable; not every filesystem lets a folder be fsynced."""
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
     except OSError:
         return
     try:
@@ -51,6 +53,37 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> N
         pass
     finally:
         os.close(dir_fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
+    """``write(file)`` into a temporary file beside ``path``, fsync, then rename it to ``path``."""
+    path = Path(path)
+    with _temporary_beside(path, write) as tmp:
+        os.replace(tmp, path)
+    _fsync_folder(path.parent)
+
+
+def create_exclusive(path: str | os.PathLike, text: str) -> bool:
+    """Creates ``path`` holding ``text`` (UTF-8) unless it exists; True when this call created it.
+
+    Atomic as :func:`atomic_write` (the temporary file is hard-linked to ``path``): a process killed
+    here leaves no empty or half-written ``path``, and of processes racing, exactly one creates it.
+    """
+    path = Path(path)
+    with _temporary_beside(path, lambda f: f.write(text.encode())) as tmp:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # a filesystem without hard links: create, then write (a kill between leaves it empty)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(text.encode())
+    _fsync_folder(path.parent)
+    return True
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -192,7 +225,7 @@ def _lock_is_stale(path: Path) -> bool:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return True
-    except (OSError, ValueError):  # unreadable, half-written or not ours to signal: treat as held
+    except (OSError, ValueError):  # unreadable, foreign or not ours to signal: treat as held
         return False
     return False
 
@@ -206,21 +239,15 @@ def claim(path: str | os.PathLike) -> Iterator[bool]:
     this host is gone is taken over.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(2):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            if not _lock_is_stale(path):
-                yield False
-                return
-            path.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{socket.gethostname()} {os.getpid()}")
-        try:
-            yield True
-        finally:
-            path.unlink(missing_ok=True)
-        return
+        if create_exclusive(path, f"{socket.gethostname()} {os.getpid()}"):  # never seen empty, so never stuck
+            try:
+                yield True
+            finally:
+                path.unlink(missing_ok=True)
+            return
+        if not _lock_is_stale(path):
+            yield False
+            return
+        path.unlink(missing_ok=True)
     yield False

@@ -1,5 +1,6 @@
 """corel ablate: the grid, its report, resuming, and several processes sharing one folder."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -94,3 +95,73 @@ def test_layouts_and_cli_errors(capsys):
             main(["ablate", "--data", "digits", "--out", "x", *argv])
         assert message in capsys.readouterr().err
     assert ablation.reference_n((10, 120, 500)) == 120 and ablation.reference_n((10, 50)) == 10
+
+
+def test_a_rerun_with_other_draws_or_seed_is_not_taken_as_done(tmp_path, digits):
+    grid = dict(lams=[1.0], layouts=[Layout(2, 3)], radii=(), ns=(20,))
+    run(digits, tmp_path, **grid)
+    run(digits, tmp_path, **grid, draws=2)  # the stored draw is reused, the second one computed
+    row = (tmp_path / "ablation_digits.csv").read_text().splitlines()[1].split(",")
+    assert row[6] == "2"  # draws
+    with pytest.raises(ValueError, match="other settings.*seed"):
+        run(digits, tmp_path, **grid, draws=2, seed=1)
+    # more epochs train the backbone on: the evaluations of its earlier weights are not reported as its own
+    with pytest.raises(ValueError, match="other settings.*backbone_fingerprint"):
+        ablate(digits, tmp_path, **{**GRID, **grid, "draws": 2}, model_config=default_model_config(digits),
+               config=TrainConfig(epochs=3, batch_size=50, eta=1.0), progress=False, accelerator="cpu", devices=1)
+
+
+def test_an_eta_of_many_digits_keeps_its_cell_in_the_table(tmp_path, digits):
+    report = ablate(digits, tmp_path, [Layout(2, 3)], [1.0], model_config=default_model_config(digits),
+                    config=TrainConfig(epochs=1, batch_size=50, eta=0.1234567), ns=(20,), draws=1, progress=False,
+                    accelerator="cpu", devices=1).read_text()
+    assert "| 2x3 |" in report and "Partial" not in report  # the folder r0.123457 holds radius 0.1234567 = eta
+
+
+def test_locks_and_cell_keys_are_created_whole_and_once(tmp_path):
+    import threading
+
+    from corel._io import claim, create_exclusive
+    from corel.experiments.protocol import CellStore
+
+    barrier, won, failed = threading.Barrier(8), [], []
+
+    def race(i):
+        barrier.wait()
+        if create_exclusive(tmp_path / "lock", f"writer {i}"):
+            won.append(i)
+        try:
+            CellStore(tmp_path / "cells", {"seed": i})
+        except ValueError:
+            failed.append(i)
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and (tmp_path / "lock").read_text() == f"writer {won[0]}"
+    assert len(failed) == 7  # one key was written; every other process was refused, none mixed its cells in
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells", "lock"]  # no temporary file left
+    (tmp_path / "lock").unlink()
+    with claim(tmp_path / "lock") as mine:  # a lock is never seen empty (an empty one was held for ever)
+        assert mine and (tmp_path / "lock").read_text() == f"{socket.gethostname()} {os.getpid()}"
+    assert not (tmp_path / "lock").exists()
+
+
+def test_the_report_needs_only_the_evaluations(tmp_path, digits):
+    grid = dict(lams=[1.0], layouts=[Layout(2, 3)], radii=(), ns=(20,))
+    report = run(digits, tmp_path, **grid).read_text()
+    (tmp_path / "backbones" / "digits_2x3_lam1" / "summary.json").unlink()  # being rewritten by another process
+    assert ablation.write_report(tmp_path, "digits", 20).read_text() == report
+
+
+def test_exclusive_creation_without_hard_links(tmp_path, monkeypatch):
+    from corel._io import create_exclusive
+
+    def no_links(*args):
+        raise PermissionError("hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    assert create_exclusive(tmp_path / "lock", "a") and not create_exclusive(tmp_path / "lock", "b")
+    assert (tmp_path / "lock").read_text() == "a" and [p.name for p in tmp_path.iterdir()] == ["lock"]

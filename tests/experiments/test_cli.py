@@ -28,6 +28,20 @@ NO_CUDA_HERE = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA devi
     (["fit", "imgs", "--out", "m.corel", "--device", "gpu0"], "--device: not a device"),
     (["fit", "imgs", "--out", "m.corel", "--device", "meta"], "--device: meta: corel encodes on cpu, cuda or mps"),
     (["train", "--data", "digits", "--out", "x", "--resume"], "nothing to resume in x"),
+    (["train", "--data", "digits", "--out", "x", "--seed", "-1"], "--seed: must be >= 0, got -1"),
+    (["compare", "--data", "digits", "--out", "x", "--seed", "4294967296"], "--seed: must be < 2**32"),
+    (["ablate", "--data", "digits", "--out", "README.md"], "--out: README.md is a file; give a folder"),
+    (["ablate", "--data", "digits", "--out", "README.md/x", "-n", "20"],
+     "corel ablate: error: [Errno 20] Not a directory"),
+    (["compare", "--data", "digits", "--methods", "dagmm", "--classes", "12", "--out", "x"],
+     "classes [12] have no training samples"),
+    (["compare", "--data", "digits", "--methods", "dagmm", "--classes", "0,0,1", "--out", "x"],
+     "classes must be distinct, got [0, 0, 1]"),
+    (["compare", "--data", "digits", "--methods", "dagmm, svm", "--out", "x"], "unknown methods ['svm']"),
+    # checked before any training (it came after every backbone of the grid was trained)
+    (["ablate", "--data", "digits", "--out", "x", "-n", "20,105"],
+     "class 8 has 104 training samples, fewer than n = 105"),
+    (["ablate", "--data", "digits", "--out", "x", "-n", "2000"], "fewer than n = 2000 (9 other classes too)"),
     # devices that are not here: Lightning and torch failed with tracebacks (MisconfigurationException, AssertionError)
     pytest.param(["train", "--data", "digits", "--out", "x", "--accelerator", "gpu"],
                  "--accelerator: gpu: torch sees no GPU here", marks=NO_CUDA_HERE),
@@ -51,6 +65,10 @@ def test_an_interruption_says_how_to_continue(monkeypatch, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["demo", "--out", str(tmp_path)])
     assert exit_info.value.code == 130 and "corel demo: interrupted" in capsys.readouterr().err
+    monkeypatch.setattr(workflows, "analyze_backbone_densification", interrupted)
+    with pytest.raises(SystemExit) as exit_info:  # keeps nothing: it must not promise to continue
+        main(["analyze", "densification", "--backbone", "cifar10", "--data", "digits", "--out", str(tmp_path)])
+    assert exit_info.value.code == 130 and capsys.readouterr().err == "corel analyze: interrupted\n"
     monkeypatch.setattr(ablation, "ablate", interrupted)
     with pytest.raises(SystemExit) as exit_info:
         main(["ablate", "--data", "digits", "--out", str(tmp_path)])
@@ -63,6 +81,11 @@ def test_help_states_the_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "training epochs (default: 50)" in text and "never try to download" in text
     assert "--no-download never try to download (default" not in text  # a flag has no default to state
+    with pytest.raises(SystemExit):
+        main(["ablate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: none)" in text and "(default: )" not in text  # --radius: an empty list
+    assert "the first -n when 120 is not among them" in text and "latent units of --metric" in text
 
 
 def test_metric_names_go_through_the_one_parser():
@@ -88,7 +111,7 @@ def test_demo_quick_then_evaluate(tmp_path, capsys):
 
 
 def test_compare_on_identical_draws(tmp_path):
-    from corel.experiments.datasets import load_dataset
+    from corel.experiments.datasets import ImageData, load_dataset
     from corel.experiments.workflows import compare, default_model_config
     from corel.experiments.training import TrainConfig, train
 
@@ -112,3 +135,42 @@ def test_compare_on_identical_draws(tmp_path):
     assert "the 2 of 3 classes every method finished" in table and f"| dagmm | {results['dagmm'].mean:.2f} |" in table
     with pytest.raises(ValueError, match="unknown methods"):
         compare(["corel", "svm"], data, tmp_path, backbone=backbone)
+    # other data under the same name (another --data-dir of npz or imagefolder) is refused, not mixed in
+    other = ImageData(data.name, data.x_train, data.y_train, data.x_test[::-1].copy(), data.y_test,
+                      data.class_names)
+    for method in ("corel", "dagmm"):
+        with pytest.raises(ValueError, match="other settings.*data_digest"):
+            compare([method], other, tmp_path, backbone=backbone, n=20, draws=1, classes=[0, 1], small=True,
+                    progress=False)
+
+
+def test_demo_and_reproduce_refuse_a_backbone_of_other_settings(tmp_path, monkeypatch, capsys):
+    from corel.detection.backbone import Backbone
+    from corel.experiments import workflows
+    from corel.experiments.datasets import load_dataset
+
+    digits = load_dataset("digits")  # a demo's run of seed 0 ...
+    cfg = workflows.AutoencoderConfig(kind="mlp", input_shape=(1, 8, 8), filters=(256, 128), branches=8, branch_dim=4)
+    workflows.train_backbone(digits, tmp_path / "demo" / "lambda1", cfg,
+                             workflows.TrainConfig(epochs=1, batch_size=50, eta=1.0, lam=1.0, seed=0),
+                             accelerator="cpu", devices=1, progress=False)
+    with pytest.raises(SystemExit) as exit_info:  # ... is not taken for one of seed 1
+        main(["demo", "--quick", "--seed", "1", "--out", str(tmp_path / "demo")])
+    assert exit_info.value.code == 2 and "train.seed: 0 -> 1" in capsys.readouterr().err
+
+    monkeypatch.setattr(workflows, "load_dataset", lambda *args, **kwargs: digits)  # cifar10's part played by digits
+    argv = ["reproduce", "cifar10", "--out", str(tmp_path / "repro"), "--epochs", "1", "--batch-size", "50",
+            "--branches", "2", "--branch-dim", "3", "--filters", "16", "-n", "20", "--draws", "1", "--quiet"]
+    assert main(argv) == 0
+    backbone = Backbone.load(tmp_path / "repro" / "backbone" / "backbone.pt")
+    assert (backbone.config.branches, backbone.config.branch_dim, backbone.config.filters) == (2, 3, (16,))
+    assert len(list((tmp_path / "repro").glob("cells_digits_n20/class*_draw0.json"))) == 10  # kept for a resume
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--lam", "10"])
+    assert exit_info.value.code == 2 and "train.lam: 20.0 -> 10.0" in capsys.readouterr().err
+
+
+def test_analyze_batch_size_prints_no_negative_death_time(capsys):
+    assert main(["analyze", "batch-size", "--batch-size", "100000000"]) == 0
+    out = capsys.readouterr().out
+    assert "within +-4.810 eta, i.e. [0.000, 11.619]" in out  # a tolerance beyond 1 reaches down to 0, not below

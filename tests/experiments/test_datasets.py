@@ -543,7 +543,12 @@ def test_download_is_checked_and_atomic(tmp_path, rng, monkeypatch, http_folder)
         load_dataset("cifar10", data_dir)
 
     _point_archive(monkeypatch, "cifar10", f"{http_folder}/cifar-10-python.tar.gz", md5=md5)
+    calls = []  # the archive's bytes reach the disk before its name does
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append("fsync") or fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda *a: calls.append("replace") or replace(*a))
     downloaded = load_dataset("cifar10", data_dir)
+    assert calls[:2] == ["fsync", "replace"]
     assert [p.name for p in data_dir.iterdir()] == ["cifar-10-python.tar.gz"]
     archive.unlink()  # a second load uses the saved copy
     np.testing.assert_array_equal(load_dataset("cifar10", data_dir).x_train, downloaded.x_train)

@@ -271,3 +271,16 @@ def test_report_renders_in_a_browser(folders, tmp_path):
     assert images and decoded, done.stderr[-2000:]
     assert int(images[1]) == page.count("<img ") > 20 and decoded[1] == images[1]
     assert "CONSOLE" not in done.stderr, [line for line in done.stderr.splitlines() if "CONSOLE" in line]
+
+
+def test_score_csv_keeps_every_digit(tmp_path):
+    from corel.experiments.novelty import Scored, write_scores
+    from sklearn.metrics import roc_auc_score
+
+    scores = np.array([1_234_567.0, 1_234_568.0, 3.0, 0.1 + 0.2])  # counts above a million, and any float
+    write_scores(Scored(["a", "b", "c", "d"], scores, [], {}), 1_234_568.0, tmp_path / "s.csv")
+    rows = _rows(tmp_path / "s.csv")
+    assert [float(r["score"]) for r in rows] == scores.tolist()
+    assert [r["prediction"] for r in rows] == ["novel", "normal", "novel", "novel"]
+    labels = [True, True, False, False]  # an AUROC recomputed from the CSV is the one of the scores
+    assert roc_auc_score(labels, [float(r["score"]) for r in rows]) == roc_auc_score(labels, scores)

@@ -1,12 +1,13 @@
 """The protocol harness: stored cells, resuming, partial reports, test subsets, per-cell seeds."""
 
+import csv
 import json
 
 import numpy as np
 import pytest
 
 from corel.detection.detector import OneClassDetector
-from corel.experiments.protocol import CellStore, cell_seed, draw_indices, evaluate, stratified_subset
+from corel.experiments.protocol import CellStore, ProtocolResult, cell_seed, draw_indices, evaluate, stratified_subset
 from corel.experiments.reports import protocol_markdown, write_protocol
 
 
@@ -49,10 +50,10 @@ def test_cells_from_other_settings_are_refused(tmp_path):
     data = _codes()
     evaluate(Recorder(), *data, n=10, draws=1, classes=[0], cells_dir=tmp_path, settings={"radius": 2.0},
              progress=False)
-    with pytest.raises(ValueError, match="other settings.*n"):
+    with pytest.raises(ValueError, match=r"other settings \(n: 10 -> 12\)"):
         evaluate(Recorder(), *data, n=12, draws=1, classes=[0], cells_dir=tmp_path, settings={"radius": 2.0},
                  progress=False)
-    with pytest.raises(ValueError, match="other settings.*radius"):
+    with pytest.raises(ValueError, match=r"other settings \(radius: 2.0 -> 3.0\)"):
         evaluate(Recorder(), *data, n=10, draws=1, classes=[0], cells_dir=tmp_path, settings={"radius": 3.0},
                  progress=False)
     (tmp_path / "class0_draw0.json").write_text("{trunc")
@@ -71,6 +72,16 @@ def test_report_only_leaves_missing_cells_out(tmp_path):
     assert "1 of 3 classes" in protocol_markdown(result) and "not run" in protocol_markdown(result)
     paths = write_protocol(result, tmp_path / "report")
     assert json.loads(paths[1].read_text())["classes"][0]["auroc_mean"] is None
+    rows = list(csv.reader(paths[0].read_text().splitlines()))
+    assert rows[1] == ["0", "", "", ""] and rows[2][1] == f"{result.auroc[1].mean():.4f}"  # empty: not computed
+    nothing = evaluate(idle, *data, n=10, draws=2, classes=[0, 2], cells_dir=tmp_path, compute=False, progress=False)
+    for path in write_protocol(nothing, tmp_path / "none")[:3]:
+        assert "nan" not in path.read_text().lower(), path.name
+    assert "| **mean** (0 of 2 classes) | - |" in protocol_markdown(nothing)
+    # a report from a folder with no cells yet leaves no key behind that would refuse the real run
+    evaluate(idle, *data, n=10, draws=1, seed=7, cells_dir=tmp_path / "fresh", compute=False, progress=False)
+    assert not (tmp_path / "fresh").exists()
+    evaluate(Recorder(), *data, n=10, draws=1, classes=[0], cells_dir=tmp_path / "fresh", progress=False)
 
 
 def test_cell_seeds_differ_between_draws_and_classes():
@@ -94,6 +105,14 @@ def test_evaluation_on_a_test_subset():
     x_train, y_train, x_test, y_test = _codes()
     result = evaluate(Recorder(), x_train, y_train, x_test, y_test, n=10, draws=1, test_size=30, progress=False)
     assert result.settings["test_size"] == 30
+
+
+def test_cells_of_another_test_subset_of_the_same_size_are_refused(tmp_path):
+    data = _codes()
+    assert len(stratified_subset(data[3], 6)) == len(stratified_subset(data[3], 7)) == 6  # other samples, as many
+    evaluate(Recorder(), *data, n=10, draws=1, classes=[0], test_size=6, cells_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="other settings.*test_subset"):
+        evaluate(Recorder(), *data, n=10, draws=1, classes=[1], test_size=7, cells_dir=tmp_path, progress=False)
 
 
 def test_cell_store_writes_its_key(tmp_path):
@@ -121,3 +140,17 @@ def test_protocol_report_files(tmp_path):
     result = evaluate(lambda _seed: OneClassDetector(None, radius=1.0, branches=2), x, y, x, y, n=5, draws=1, progress=False)
     for path in write_protocol(result, tmp_path):
         assert path.stat().st_size > 0
+
+
+def test_comparison_std_covers_the_classes_of_its_mean(tmp_path):
+    from corel.experiments.reports import write_comparison
+
+    data = _codes()
+    full = evaluate(Recorder(), *data, n=10, draws=3, progress=False, method="a")
+    part = ProtocolResult("b", "", 10, 0, full.class_names, full.auroc.copy())
+    part.auroc[2] = np.nan  # b finished classes 0 and 1 only
+    write_comparison({"a": full, "b": part}, tmp_path / "cmp")
+    rows = list(csv.DictReader((tmp_path / "cmp.csv").read_text().splitlines()))
+    brute = full.auroc[:2].mean(axis=0).std(ddof=1)  # std over draws of the mean over classes 0 and 1
+    assert [float(r["std_over_draws"]) for r in rows] == [pytest.approx(brute, abs=5e-5)] * 2
+    assert [float(r["mean"]) for r in rows] == [pytest.approx(full.per_class[:2].mean(), abs=5e-5)] * 2

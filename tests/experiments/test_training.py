@@ -81,9 +81,15 @@ def test_training_leaves_torch_flags_as_it_found_them(tmp_path, digits, monkeypa
 def test_resume_equals_uninterrupted(tmp_path, digits):
     straight = run(digits, tmp_path / "a", epochs=3)
     run(digits, tmp_path / "b", epochs=2)
+    first = json.loads((tmp_path / "b" / "summary.json").read_text())["fit_seconds"]
+    ckpt = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt["corel"]["fit_seconds"] = 1000.0  # marks the first session's seconds
+    torch.save(ckpt, tmp_path / "b" / "checkpoints" / "last.ckpt")
     resumed = run(digits, tmp_path / "b", epochs=3, resume=True)
     for (k, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         torch.testing.assert_close(a, b, msg=k)
+    # the run's seconds count every session (the summary counted the last one only)
+    assert 0 < first < 1000 < json.loads((tmp_path / "b" / "summary.json").read_text())["fit_seconds"] < 1000 + 60
 
 
 def test_an_interruption_raises_keyboard_interrupt_and_resumes(tmp_path, digits, monkeypatch, caplog):
@@ -150,7 +156,8 @@ def test_backbone_file_errors(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [({"batch_size": 1}, "batch size"), ({"eta": 0}, "eta"),
-                                             ({"epochs": 0}, "epochs"), ({"lam": -1}, "lambda")])
+                                             ({"epochs": 0}, "epochs"), ({"lam": -1}, "lambda"),
+                                             ({"seed": -1}, "seed"), ({"seed": 2 ** 32}, "seed")])
 def test_bad_train_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**kwargs)
@@ -281,6 +288,10 @@ def test_more_epochs_than_asked_is_refused(tmp_path, digits):
     backbone = run(digits, tmp_path, epochs=2, resume=True)
     assert Backbone.load(tmp_path / "backbone.pt").fingerprint == backbone.fingerprint
     assert json.loads((tmp_path / "summary.json").read_text())["epochs_completed"] == 2
+    # killed after backbone.pt, before summary.json (the last final file): a resume still writes it
+    (tmp_path / "summary.json").unlink()
+    assert run(digits, tmp_path, epochs=2, resume=True).fingerprint == backbone.fingerprint
+    assert json.loads((tmp_path / "summary.json").read_text())["epochs_completed"] == 2
 
 
 # ----------------------------------------------------------------------------- several devices
@@ -301,6 +312,14 @@ def test_devices_see_full_batches_of_distinct_samples():
         assert len(seen) == len(set(seen)) == (103 // world // 10) * 10 * world
         assert set(seen) <= set(single[: 103 // world * world])  # one permutation, split across devices
     assert list(EpochShuffleSampler(103, seed=5, rank=0, world_size=1)) == single
+
+
+def test_a_resume_on_another_number_of_devices_is_refused(tmp_path, digits):
+    run(digits, tmp_path, epochs=1)
+    with pytest.raises(ValueError, match=r"started on 1 device\(s\) \(devices x nodes\), not 2; resuming would mix"):
+        train(digits, tmp_path, CFG, TrainConfig(epochs=2, batch_size=40, eta=1.0, lam=1.0, seed=3), resume=True,
+              accelerator="cpu", devices=2, progress=False)
+    assert run(digits, tmp_path, epochs=2, resume=True)  # on the one device it had, it continues
 
 
 def test_ddp_on_two_cpu_processes(tmp_path):

@@ -23,6 +23,7 @@ from corel.detection.backbone import Backbone
 from corel.detection.models import AutoencoderConfig
 from corel.experiments import reports
 from corel.experiments.datasets import ImageData
+from corel.experiments.protocol import check_sample_counts
 from corel.experiments.training import TrainConfig
 from corel.experiments.workflows import encode_splits, evaluate_backbone, train_backbone
 
@@ -74,6 +75,7 @@ def ablate(data: ImageData, out_dir: str | Path, layouts: Sequence[Layout], lams
 
     Units another process is working on are left to it; this call then reports what is finished.
     """
+    check_sample_counts(data.y_train, ns)  # before hours of training
     out = Path(out_dir)
     cells = [(layout, lam) for layout in layouts for lam in lams]
     for layout, lam in cells:
@@ -91,13 +93,14 @@ def ablate(data: ImageData, out_dir: str | Path, layouts: Sequence[Layout], lams
     for layout, lam in cells:
         name = run_name(data.name, layout, lam)
         folder = out / "backbones" / name
-        if not (folder / "backbone.pt").exists():
+        if not (folder / "summary.json").exists():  # the last file a finished training writes
             continue  # still training elsewhere
         backbone, codes = Backbone.load(folder / "backbone.pt"), None
         for radius in sorted({backbone.eta if r is None else r for _, r in evaluations}):
             todo = sorted({n for n, r in evaluations if (backbone.eta if r is None else r) == radius})
             where = _evaluation_dir(out, name, radius)
-            todo = [n for n in todo if not (where / f"auroc_{data.name}_n{n}.json").exists()]
+            todo = [n for n in todo if not _evaluated(where / f"auroc_{data.name}_n{n}.json", draws, seed,
+                                                      backbone.fingerprint)]
             if not todo:
                 continue
             with claim(out / "locks" / f"{name}.r{radius:g}.lock") as mine:
@@ -110,20 +113,35 @@ def ablate(data: ImageData, out_dir: str | Path, layouts: Sequence[Layout], lams
     return write_report(out, data.name, n_ref)
 
 
+def _evaluated(path: Path, draws: int, seed: int, fingerprint: str) -> bool:
+    """Whether the evaluation report ``path`` exists with these draws and seed, of the backbone with this
+    fingerprint (one of others is evaluated again: its stored cells give the draws they share; another
+    seed, or a backbone trained on with more epochs, is refused there, naming the difference)."""
+    if not path.exists():
+        return False
+    result = json.loads(path.read_text())
+    return (result["draws"] == draws and result["seed"] == seed
+            and result["settings"].get("backbone_fingerprint") == fingerprint)
+
+
 def _finished(out: Path, data: str) -> list[dict[str, Any]]:
-    """Every finished evaluation in ``out``: run, layout, lambda, radius, n, mean AUROC, std."""
+    """Every finished evaluation in ``out``: run, layout, lambda, radius, the backbone's eta, n, mean AUROC,
+    std (all from the evaluation's own file: the report needs no other file of the run)."""
     found = []
     for path in sorted((out / "evaluations").glob(f"*/r*/auroc_{data}_n*.json")):
-        run, radius = path.parent.parent.name, float(path.parent.name[1:])
-        match = re.fullmatch(rf"{re.escape(data)}_(\d+)x(\d+)_lam(.+)", run)
+        run = path.parent.parent.name
+        match = re.fullmatch(rf"{re.escape(data)}_(\d+)x(\d+)_lam.+", run)
         if match is None:
             continue
         result = json.loads(path.read_text())
         if result["finished_classes"] != len(result["classes"]) or result["mean"] is None:
             continue
-        found.append({"run": run, "layout": Layout(int(match[1]), int(match[2])), "lam": float(match[3]),
-                      "radius": radius, "n": result["n"], "draws": result["draws"], "mean": result["mean"],
-                      "std_over_draws": result["std_over_draws"]})
+        trained = result["settings"]["backbone"]["train"]
+        # exact values: the folders' names have 6 digits, and the table compares the radius with eta
+        found.append({"run": run, "layout": Layout(int(match[1]), int(match[2])), "lam": trained["lam"],
+                      "radius": result["settings"]["radius"], "eta": trained["eta"],
+                      "n": result["n"], "draws": result["draws"],
+                      "mean": result["mean"], "std_over_draws": result["std_over_draws"]})
     return found
 
 
@@ -133,9 +151,7 @@ def write_report(out_dir: str | Path, data: str, n_ref: int = REFERENCE_N) -> Pa
     ``out_dir``."""
     out = Path(out_dir)
     rows = _finished(out, data)
-    etas = {r["run"]: json.loads((out / "backbones" / r["run"] / "summary.json").read_text())["train"]["eta"]
-            for r in rows}
-    at_eta = [r for r in rows if r["radius"] == etas[r["run"]]]
+    at_eta = [r for r in rows if r["radius"] == r["eta"]]
     grid = {(r["layout"], r["lam"]): r for r in at_eta if r["n"] == n_ref}
     layouts = sorted({layout for layout, _ in grid}, key=lambda lay: (lay.branch_dim * lay.branches, lay))
     lams = sorted({lam for _, lam in grid})

@@ -54,6 +54,14 @@ def _int_at_least(minimum: int):
     return parse
 
 
+def _seed(text: str) -> int:
+    """A seed numpy and Lightning take: 0 <= seed < 2**32 (Lightning refused others only once training began)."""
+    value = _int_at_least(0)(text)
+    if value >= 2 ** 32:
+        raise argparse.ArgumentTypeError(f"must be < 2**32, got {text}")
+    return value
+
+
 def _float_list(minimum: float, inclusive: bool):
     def parse(text: str) -> tuple[float, ...]:
         try:
@@ -123,6 +131,14 @@ def _output_file(text: str) -> Path:
     return path
 
 
+def _output_folder(text: str) -> Path:
+    """A folder to write into: not an existing file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder to write into")
+    return path
+
+
 def _device(text: str) -> str:
     """A torch device that exists here (cpu, cuda, cuda:1, mps)."""
     import torch
@@ -170,7 +186,7 @@ def _add_train_args(p: argparse.ArgumentParser, grid: bool = False) -> None:
     g.add_argument("--epochs", type=_int_at_least(1), default=50, help="training epochs")
     g.add_argument("--batch-size", type=_int_at_least(2), default=100, help="images per step (per device)")
     g.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate")
-    g.add_argument("--eta", type=_positive_float, default=2.0, help="connectivity scale (latent l1 units)")
+    g.add_argument("--eta", type=_positive_float, default=2.0, help="connectivity scale, in latent units of --metric")
     if grid:
         g.add_argument("--lam", type=_float_list(0.0, True), default=(0.0, 1.0, 10.0, 20.0, 40.0),
                        help="weights of the connectivity loss, e.g. 0,1,10,20,40")
@@ -179,7 +195,7 @@ def _add_train_args(p: argparse.ArgumentParser, grid: bool = False) -> None:
     else:
         g.add_argument("--lam", type=_non_negative_float, default=20.0, help="weight of the connectivity loss")
     g.add_argument("--metric", type=_metric, default="l1", help="latent metric: l1, l2, linf or a number p >= 1")
-    g.add_argument("--seed", type=int, default=0, help="random seed")
+    g.add_argument("--seed", type=_seed, default=0, help="random seed")
     g.add_argument("--arch", choices=("conv", "mlp"), default=None, help="default: conv for 32x32 images, else mlp")
     if not grid:
         g.add_argument("--branches", type=_int_at_least(1), default=16, help="latent branches")
@@ -201,6 +217,12 @@ def _train_config(args: argparse.Namespace, lam: float | None = None):
 
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, eta=args.eta,
                        lam=args.lam if lam is None else lam, metric=args.metric, seed=args.seed)
+
+
+def _architecture(args: argparse.Namespace) -> dict:
+    """The network flags, as keyword arguments of workflows.default_model_config."""
+    return {"branches": args.branches, "branch_dim": args.branch_dim, "filters": args.filters, "arch": args.arch,
+            "init": args.init}
 
 
 def _trainer_kwargs(args: argparse.Namespace) -> dict:
@@ -233,7 +255,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume and not any((args.out / name).exists() for name in ("checkpoints", "backbone.pt", "summary.json")):
         raise FileNotFoundError(f"nothing to resume in {args.out}: no run there (start one without --resume)")
     data = load_dataset(args.data, args.data_dir, download=args.download)
-    model_config = default_model_config(data, args.branches, args.branch_dim, args.filters, args.arch, args.init)
+    model_config = default_model_config(data, **_architecture(args))
     train_backbone(data, args.out, model_config, config, resume=args.resume, progress=_progress(args),
                    **_trainer_kwargs(args))
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -265,8 +287,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     from corel.experiments.workflows import reproduce
 
     results = reproduce(args.protocol, args.out, args.data_dir, eval_data_dir=args.eval_data_dir, ns=args.n,
-                        draws=args.draws, seed=args.seed, config=_train_config(args), download=args.download,
-                        progress=_progress(args), **_trainer_kwargs(args))
+                        draws=args.draws, seed=args.seed, architecture=_architecture(args), config=_train_config(args),
+                        download=args.download, progress=_progress(args), **_trainer_kwargs(args))
     print((args.out / "summary.md").read_text())
     return 0 if results else 1
 
@@ -289,9 +311,10 @@ def _compare(args: argparse.Namespace) -> int:
 
     backbone = _backbone(args.backbone) if args.backbone else None
     data = load_dataset(args.data, args.data_dir, download=args.download)
-    compare(args.methods.split(","), data, args.out, backbone=backbone, n=args.n, draws=args.draws, seed=args.seed,
-            small=args.small, classes=args.classes, test_size=args.test_size, device=args.device,
-            compute=not args.report_only, progress=_progress(args))
+    methods = [m.strip() for m in args.methods.split(",")]
+    compare(methods, data, args.out, backbone=backbone, n=args.n, draws=args.draws, seed=args.seed, small=args.small,
+            classes=args.classes, test_size=args.test_size, device=args.device, compute=not args.report_only,
+            progress=_progress(args))
     print((args.out / f"compare_{data.name}_n{args.n}.md").read_text())
     return 0
 
@@ -379,7 +402,7 @@ def _analyze_batch_size(args: argparse.Namespace) -> int:
     if args.batch_size is not None:
         t = tolerance_for_batch_size(args.batch_size, args.dim, args.eta)
         print(f"batch size {args.batch_size}, branch dim {args.dim}, eta {args.eta}: death times can all lie within "
-              f"+-{t:.3f} eta, i.e. [{args.eta * (1 - t):.3f}, {args.eta * (1 + t):.3f}]")
+              f"+-{t:.3f} eta, i.e. [{max(0.0, args.eta * (1 - t)):.3f}, {args.eta * (1 + t):.3f}]")  # deaths >= 0
     else:
         b = batch_size_for_tolerance(args.dim, args.eta, args.tolerance)
         print(f"branch dim {args.dim}, eta {args.eta}, death times within +-{args.tolerance} eta: batch size <= {b}")
@@ -405,7 +428,8 @@ class _DefaultsShown(argparse.HelpFormatter):
         if (not action.option_strings or action.nargs == 0  # flags: their "default" is the opposite state
                 or action.default in (None, argparse.SUPPRESS) or "default" in text):
             return text
-        shown = ",".join(map(str, action.default)) if isinstance(action.default, (tuple, list)) else action.default
+        shown = (",".join(map(str, action.default)) or "none") if isinstance(action.default, (tuple, list)) \
+            else action.default
         return f"{text} (default: {shown})".strip()
 
 
@@ -426,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a backbone with reconstruction + lambda * connectivity loss")
     _add_data_args(p)
     _add_train_args(p)
-    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, logs, backbone.pt)")
+    p.add_argument("--out", type=_output_folder, required=True, help="run folder (checkpoints, logs, backbone.pt)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
@@ -438,11 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=_int_list(1), default=(120,), help="samples per class, e.g. 80,120,500")
     p.add_argument("--draws", type=_int_at_least(1), default=5, help="random draws per class")
     p.add_argument("--radius", type=_positive_float, default=None, help="ball radius (default: the backbone's eta)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--out", type=Path, required=True, help="folder for CSV/JSON/Markdown/PNG reports")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed")
+    p.add_argument("--out", type=_output_folder, required=True, help="folder for CSV/JSON/Markdown/PNG reports")
     p.add_argument("--report", action="store_true",
                    help="also one HTML page per class (first draw, first n): images, scores, ROC curve and AUROC")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("reproduce", help="run a paper protocol end to end (train if needed, then evaluate)")
@@ -453,30 +477,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.add_argument("-n", type=_int_list(1), default=(120,), help="samples per class, e.g. 80,120,500")
     p.add_argument("--draws", type=_int_at_least(1), default=5, help="random draws per class")
-    p.add_argument("--out", type=Path, required=True, help="run folder; an existing backbone there is reused")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", type=_output_folder, required=True,
+                   help="run folder; a finished backbone there is reused, a killed training or evaluation continues "
+                        "(refused when the settings differ)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_reproduce)
 
     p = sub.add_parser("compare", help="corel and the baselines on identical draws: one table and one chart")
     _add_data_args(p)
     p.add_argument("--methods", default="corel,ocsvm_cae,deep_svdd,dagmm,dsebm,geom",
                    help="comma-separated: corel, ocsvm_cae, deep_svdd, dagmm, dsebm, geom")
-    p.add_argument("--backbone", default=None, help="backbone for method corel: cifar10 (shipped) or a backbone.pt")
+    p.add_argument("--backbone", default=None,
+                   help="backbone for method corel: cifar10 (shipped), a backbone.pt, or a run's checkpoints/*.ckpt")
     p.add_argument("-n", type=_int_at_least(1), default=120, help="samples per class")
     p.add_argument("--draws", type=_int_at_least(1), default=5, help="random draws per class")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed")
     p.add_argument("--small", action="store_true", help="CPU-sized baseline networks (GEOM: a small net)")
     p.add_argument("--classes", type=_int_list(0), default=None, help="comma-separated class indices (default: all)")
     p.add_argument("--test-size", type=_int_at_least(2), default=None,
                    help="score a stratified random subset of this many test images, the same for every method "
                         "(default: the whole test split)")
     p.add_argument("--device", type=_device, default="cpu", help="where the baselines run: cpu, cuda, cuda:1, ...")
-    p.add_argument("--out", type=Path, required=True,
+    p.add_argument("--out", type=_output_folder, required=True,
                    help="run folder; finished (method, class, draw) cells are kept there, so a rerun resumes")
     p.add_argument("--report-only", action="store_true",
                    help="compute nothing: write the table from the finished cells (means over the classes every "
                         "method finished)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_compare)
 
     p = sub.add_parser("fit", help="fit a novelty detector on a folder of normal images (pretrained backbone)")
@@ -513,14 +540,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     _add_train_args(p, grid=True)
     p.add_argument("--radius", type=_float_list(0.0, False), default=(),
-                   help="also evaluate every backbone at n = 120 with these ball radii, e.g. 0.5,1,1.5,2,3,5")
+                   help="also evaluate every backbone with these ball radii, e.g. 0.5,1,1.5,2,3,5, at n = 120 (or at "
+                        "the first -n when 120 is not among them)")
     p.add_argument("-n", type=_int_list(1), default=(120,),
                    help="evaluate every backbone with radius = eta at these samples per class, e.g. 10,50,120,500")
     p.add_argument("--draws", type=_int_at_least(1), default=5, help="random draws per class")
-    p.add_argument("--out", type=Path, required=True,
+    p.add_argument("--out", type=_output_folder, required=True,
                    help="the ablation folder: every finished training and evaluation is kept there, so a rerun "
                         "continues; several processes may share it")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_ablate)
 
     p = sub.add_parser("analyze", help="the paper's theory: batch-size guideline, densification of death times")
@@ -532,18 +560,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=_int_at_least(2), default=None, help="reverse: the tolerance this batch allows")
     t.set_defaults(func=_analyze_batch_size)
     t = tools.add_parser("densification", help="death times of N >> b encoded samples, per branch")
-    t.add_argument("--backbone", required=True, help="cifar10 (shipped) or a backbone.pt")
+    t.add_argument("--backbone", required=True, help="cifar10 (shipped), a backbone.pt, or a run's checkpoints/*.ckpt")
     _add_data_args(t)
     t.add_argument("--batch-size", type=_int_at_least(2), default=100, help="the training batch size b")
     t.add_argument("--num-samples", type=_int_at_least(2), default=None, help="largest N (default: all training images)")
-    t.add_argument("--seed", type=int, default=0, help="random seed")
-    t.add_argument("--out", type=Path, required=True)
+    t.add_argument("--seed", type=_seed, default=0, help="random seed")
+    t.add_argument("--out", type=_output_folder, required=True)
     t.set_defaults(func=_analyze_densification)
 
     p = sub.add_parser("demo", help="the whole method on sklearn's bundled digits, with and without the loss")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for reports and plots")
+    p.add_argument("--out", type=_output_folder, default=Path("runs/demo"), help="folder for reports and plots")
     p.add_argument("--quick", action="store_true", help="a few epochs and one draw (seconds; used by the tests)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed")
     p.set_defaults(func=_demo)
     _with_defaults_shown(parser)
     return parser
@@ -568,10 +596,10 @@ def main(argv: list[str] | None = None) -> int:
     _log_to_stderr()
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, ImportError) as e:
+    except (ValueError, OSError, NotImplementedError, ImportError) as e:  # OSError: a folder not writable, a full disk
         parser.exit(2, f"corel {args.command}: error: {e}\n")
     except KeyboardInterrupt:  # (an interrupted training has said where it stopped and how to go on)
-        kept = args.command not in {"train", "evaluate", "fit", "score", "demo"}
+        kept = args.command in {"reproduce", "compare", "ablate", "demo"}  # those that resume from --out
         again = "; finished work is kept in --out: run the same command to continue" if kept else ""
         parser.exit(130, f"corel {args.command}: interrupted{again}\n")
 

@@ -132,7 +132,8 @@ def write_scores(scored: Scored, threshold: float, path: str | os.PathLike) -> N
     order = np.argsort(scored.scores, kind="stable")
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(1, len(order) + 1)
-    rows = [[name, f"{value:g}", "normal" if value >= threshold else "novel", int(r)]
+    # every digit (.17g round-trips a float64): ':g' kept six, so counts above a million were rounded and tied
+    rows = [[name, f"{value:.17g}", "normal" if value >= threshold else "novel", int(r)]
             for name, value, r in zip(scored.names, scored.scores, rank)]
     rows += [[name, "", f"unreadable: {why}", ""] for name, why in scored.failed]
     reports.write_csv(path, ["path", "score", "prediction", "rank"], rows)

@@ -12,11 +12,11 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
-from corel._io import atomic_write_json
+from corel._io import atomic_write_json, content_digest, create_exclusive
 from corel.detection.base import BaseDetector
 
 
@@ -27,6 +27,19 @@ def draw_indices(y_train: np.ndarray, cls: int, n: int, draw: int, seed: int = 0
         raise ValueError(f"class {cls} has {len(members)} training samples, fewer than n = {n}")
     rng = np.random.default_rng([seed, cls, draw])
     return np.sort(rng.choice(members, size=n, replace=False))
+
+
+def check_sample_counts(y_train: np.ndarray, ns: Sequence[int], classes: Sequence[int] | None = None) -> None:
+    """ValueError unless every class (of ``classes``, default all) has at least max(``ns``) training
+    samples: checked before any work (a long training or evaluation would otherwise end in it)."""
+    labels, counts = np.unique(y_train, return_counts=True)
+    have = dict(zip(labels.tolist(), counts.tolist()))
+    short = {int(c): have.get(int(c), 0) for c in (labels if classes is None else classes)
+             if have.get(int(c), 0) < max(ns)}
+    if short:
+        c, k = min(short.items(), key=lambda item: item[1])
+        raise ValueError(f"class {c} has {k} training samples, fewer than n = {max(ns)}"
+                         + (f" ({len(short) - 1} other classes too)" if len(short) > 1 else ""))
 
 
 def cell_seed(seed: int, cls: int, draw: int) -> int:
@@ -73,19 +86,19 @@ class CellStore:
     ``key`` (method, data, n, seed, settings ...) is kept in key.json: cells computed under another key
     are never mixed in; opening such a directory raises."""
 
-    def __init__(self, directory: str | Path, key: dict):
+    def __init__(self, directory: str | Path, key: dict, *, create: bool = True):
+        """``create=False``: only read (a directory without a key holds no cells, and gets no key)."""
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
         key_file = self.directory / "key.json"
         key = json.loads(json.dumps(key))  # as it reads back (tuples become lists)
-        if key_file.exists():
+        # created only if absent: of processes starting at once with different keys, one wins, the others fail
+        if (create or key_file.exists()) and not create_exclusive(key_file, json.dumps(key, indent=2) + "\n"):
             stored = json.loads(key_file.read_text())
             if stored != key:
-                changed = sorted(k for k in set(stored) | set(key) if stored.get(k) != key.get(k))
-                raise ValueError(f"{self.directory} holds results computed with other settings ({', '.join(changed)}); "
+                changed = [_difference(k, stored.get(k, "(missing)"), key.get(k, "(missing)"))
+                           for k in sorted(set(stored) | set(key)) if stored.get(k) != key.get(k)]
+                raise ValueError(f"{self.directory} holds results computed with other settings ({'; '.join(changed)}); "
                                  "use another output folder or delete it")
-        else:
-            atomic_write_json(key_file, key)
 
     def _path(self, cls: int, draw: int) -> Path:
         return self.directory / f"class{cls}_draw{draw}.json"
@@ -101,6 +114,12 @@ class CellStore:
 
     def put(self, cls: int, draw: int, auroc: float, seconds: float) -> None:
         atomic_write_json(self._path(cls, draw), {"class": cls, "draw": draw, "auroc": auroc, "seconds": seconds})
+
+
+def _difference(name: str, stored: object, wanted: object) -> str:
+    """'name: stored -> wanted', or the name alone where the values are long (a backbone's whole record)."""
+    values = f"{stored!r} -> {wanted!r}"
+    return f"{name}: {values}" if len(values) <= 80 else name
 
 
 @dataclass
@@ -134,8 +153,13 @@ class ProtocolResult:
     @property
     def std_over_draws(self) -> float:
         """Standard deviation over draws of the class-mean AUROC over finished classes (0 for one draw)."""
-        per_draw = self.auroc[self.finished].mean(axis=0)
-        return float(per_draw.std(ddof=1)) if len(per_draw) > 1 and self.finished.any() else 0.0
+        return self.spread_over_draws(self.finished)
+
+    def spread_over_draws(self, among: np.ndarray) -> float:
+        """:attr:`std_over_draws` over the classes where ``among`` (classes,) is True, all finished."""
+        if self.auroc.shape[1] < 2 or not among.any():  # (numpy would warn about the empty mean)
+            return 0.0
+        return float(self.auroc[among].mean(axis=0).std(ddof=1))
 
     def to_dict(self) -> dict:
         return {
@@ -163,6 +187,7 @@ def evaluate(
     test_size: int | None = None,
     method: str = "corel",
     dataset: str = "",
+    data_digest: str | None = None,
     settings: dict | None = None,
     cells_dir: str | Path | None = None,
     compute: bool = True,
@@ -172,20 +197,31 @@ def evaluate(
 
     ``make_detector(seed)`` builds an unfitted detector; the seed is :func:`cell_seed` of the cell.
     ``test_size``: score a stratified subset of that many test samples (:func:`stratified_subset`), the same
-    for every method; None = the whole test split.  ``settings``: the detector's settings, recorded.
+    for every method; None = the whole test split.  ``data_digest``: identifies the data (e.g.
+    ``ImageData.digest``), recorded and part of the stored cells' key.  ``settings``: the detector's settings,
+    recorded.
     ``cells_dir``: store each finished cell there (:class:`CellStore`) and reuse stored ones.
     ``compute=False``: only collect stored cells; the others stay NaN."""
     from sklearn.metrics import roc_auc_score  # here: the command line should not wait for scikit-learn
     if n < 1 or draws < 1:
         raise ValueError(f"n and draws must be >= 1, got n={n}, draws={draws}")
     labels = np.unique(y_train) if classes is None else np.asarray(classes)
+    if len(set(labels.tolist())) < len(labels):  # a class twice would weigh twice in the mean
+        raise ValueError(f"classes must be distinct, got {labels.tolist()}")
+    unknown = sorted(set(labels.tolist()) - set(np.unique(y_train).tolist()))
+    if unknown:
+        raise ValueError(f"classes {unknown} have no training samples (the training split's classes: "
+                         f"{', '.join(map(str, np.unique(y_train)))})")
+    check_sample_counts(y_train, [n], labels)
     names = [str(c) for c in labels] if class_names is None else [class_names[c] for c in labels]
     subset = stratified_subset(y_test, test_size, seed)
     x_test, y_test = x_test[subset], y_test[subset]
-    settings = {"draws": draws, "classes": [int(c) for c in labels], "test_size": len(subset), **(settings or {})}
+    settings = {"draws": draws, "classes": [int(c) for c in labels], "test_size": len(subset),
+                # which test samples: --test-size 50 and 51 both take 50 samples, but other ones
+                "test_subset": content_digest(subset)[:16], "data_digest": data_digest, **(settings or {})}
     store = None if cells_dir is None else CellStore(cells_dir, {
-        "method": method, "dataset": dataset, "n": n, "seed": seed, "test_size": len(subset),
-        **{k: v for k, v in settings.items() if k not in ("draws", "classes")}})
+        "method": method, "dataset": dataset, "n": n, "seed": seed,
+        **{k: v for k, v in settings.items() if k not in ("draws", "classes")}}, create=compute)
     auroc = np.full((len(labels), draws), np.nan)
     seconds = 0.0
     cells = [(i, int(c), r) for i, c in enumerate(labels) for r in range(draws)]

@@ -42,6 +42,12 @@ def auroc_percent(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return 100 * float(roc_auc_score(labels, scores))
 
 
+def number(value: float, spec: str, missing: str = "") -> str:
+    """``value`` formatted with ``spec`` (e.g. ".2f"), or ``missing`` where it is NaN or infinite (a cell
+    not computed): no table says "nan" as if it were a number."""
+    return format(value, spec) if np.isfinite(value) else missing
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A Markdown table (every cell rendered with str)."""
     lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
@@ -59,7 +65,8 @@ def protocol_markdown(result: ProtocolResult) -> str:
     rows = [[c, f"{m:.2f}{spread(row.std(ddof=1) if len(row) > 1 else 0)}" if done else "not run"]
             for c, m, row, done in zip(result.class_names, result.per_class, result.auroc, result.finished)]
     partial = "" if result.finished.all() else f" ({result.finished.sum()} of {len(result.finished)} classes)"
-    rows.append([f"**mean**{partial}", f"**{result.mean:.2f}**{spread(result.std_over_draws)}"])
+    mean = f"**{result.mean:.2f}**{spread(result.std_over_draws)}" if result.finished.any() else "-"
+    rows.append([f"**mean**{partial}", mean])
     caption = f"{draws} draws" if draws > 1 else "1 draw"
     return markdown_table(["class", f"AUROC ({result.method}, n={result.n}, {caption})"], rows)
 
@@ -68,10 +75,10 @@ def write_protocol(result: ProtocolResult, out_dir: str | Path, stem: str = "aur
     """<stem>.csv, .json, .md and a bar chart .png of one protocol result in ``out_dir``."""
     out = Path(out_dir)
     paths = [out / f"{stem}.{ext}" for ext in ("csv", "json", "md", "png")]
-    rows = [[c, f"{m:.4f}", *[f"{a:.4f}" for a in row]]
+    rows = [[c, number(m, ".4f"), *[number(a, ".4f") for a in row]]  # an empty cell: not computed
             for c, m, row in zip(result.class_names, result.per_class, result.auroc)]
     write_csv(paths[0], ["class", "auroc_mean", *[f"draw_{i}" for i in range(result.auroc.shape[1])]],
-              rows + [["mean", f"{result.mean:.4f}"]])
+              rows + [["mean", number(result.mean, ".4f")]])
     write_json(paths[1], result.to_dict())
     write_text(paths[2], protocol_markdown(result))
     plot_auroc_bars({result.method: result}, paths[3], title=f"{result.method} on {result.dataset}, n={result.n}")
@@ -92,7 +99,7 @@ def plot_auroc_bars(results: dict[str, ProtocolResult], path: str | Path, title:
     for j, m in enumerate(methods):
         mean = results[m].per_class[common].mean() if common.any() else np.nan
         values = [*results[m].per_class, mean]
-        ax.bar(x + (j - (len(methods) - 1) / 2) * width, values, width, label=f"{m} ({mean:.1f})")
+        ax.bar(x + (j - (len(methods) - 1) / 2) * width, values, width, label=f"{m} ({number(mean, '.1f', '-')})")
     ax.axhline(50, color="grey", lw=0.8, ls="--")
     crowded = len(names) > 12 or max(map(len, names)) > 5  # CIFAR-10's names ran into each other upright
     ax.set_xticks(x, names, rotation=45 if crowded else 0, ha="right" if crowded else "center")
@@ -104,18 +111,19 @@ def plot_auroc_bars(results: dict[str, ProtocolResult], path: str | Path, title:
 
 
 def write_comparison(results: dict[str, ProtocolResult], stem: Path, title: str = "") -> None:
-    """<stem>.md/.csv: per method the mean AUROC over the classes every method finished, and per class;
-    <stem>.png: the grouped bar chart."""
+    """<stem>.md/.csv: per method the mean AUROC (and its std over draws) over the classes every method
+    finished, and per class; <stem>.png: the grouped bar chart."""
     common = np.logical_and.reduce([r.finished for r in results.values()])
     names = next(iter(results.values())).class_names
     scope = "all classes" if common.all() else f"the {common.sum()} of {len(names)} classes every method finished"
     md_rows, csv_rows = [], []
     for m, r in results.items():
         common_mean = float(r.per_class[common].mean()) if common.any() else float("nan")
-        md_rows.append([m, f"{common_mean:.2f}", f"{r.std_over_draws:.2f}", f"{r.seconds:.0f}",
-                        *[f"{v:.1f}" if np.isfinite(v) else "-" for v in r.per_class]])
-        csv_rows.append([m, f"{common_mean:.4f}", f"{r.std_over_draws:.4f}", f"{r.seconds:.1f}",
-                         *[f"{v:.4f}" for v in r.per_class]])
+        spread = r.spread_over_draws(common)  # over the classes of the mean beside it
+        md_rows.append([m, number(common_mean, ".2f", "-"), f"{spread:.2f}", f"{r.seconds:.0f}",
+                        *[number(v, ".1f", "-") for v in r.per_class]])
+        csv_rows.append([m, number(common_mean, ".4f"), f"{spread:.4f}", f"{r.seconds:.1f}",
+                         *[number(v, ".4f") for v in r.per_class]])
     note = f"Mean over {scope}; seconds = fitting and scoring time of the finished cells.\n\n"
     write_text(stem.with_suffix(".md"), note + markdown_table(
         ["method", "mean AUROC", "std over draws", "seconds", *names], md_rows))

@@ -63,6 +63,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name} must be an int, got {value!r}")
+        if not 0 <= self.seed < 2 ** 32:
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 2:
@@ -245,12 +247,21 @@ class ImageDataModule(L.LightningDataModule):
 
 class _RunReport(Callback):
     """Logs the per-epoch wall time and throughput, then writes the epoch's checkpoint (through the
-    trainer, so every device takes part and the run's checkpoint IO writes it)."""
+    trainer, so every device takes part and the run's checkpoint IO writes it) with the run's seconds
+    so far: ``seconds_before`` (the earlier sessions', up to the checkpoint resumed from) plus this one's."""
 
-    def __init__(self, checkpoint: Path) -> None:
+    def __init__(self, checkpoint: Path, seconds_before: float = 0.0) -> None:
         self.checkpoint = checkpoint
         self.interrupted = False
-        self._start = 0.0
+        self.seconds_before = seconds_before
+        self._start = self._fit_start = time.perf_counter()
+
+    def fit_seconds(self) -> float:
+        """Seconds of training of the whole run, every session counted up to its last checkpoint."""
+        return self.seconds_before + time.perf_counter() - self._fit_start
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
@@ -261,6 +272,7 @@ class _RunReport(Callback):
         pl_module.log("epoch_seconds", seconds, rank_zero_only=True)
         pl_module.log("images_per_second", images / max(seconds, 1e-9), rank_zero_only=True)
         pl_module.check_diverged()
+        pl_module.run_record["fit_seconds"] = self.fit_seconds()
         trainer.save_checkpoint(self.checkpoint)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
@@ -432,6 +444,7 @@ def train(
             "settings": settings}
     newest = newest_checkpoint(out / "checkpoints")
     finished = (out / "backbone.pt").exists() or (out / "summary.json").exists()
+    complete = (out / "summary.json").exists()  # _finish writes it last: a kill before it left backbone.pt alone
     if not resume and (newest is not None or finished):
         raise FileExistsError(f"{out} already holds a run; resume it (--resume) or choose another output folder")
     ckpt_path = None
@@ -449,10 +462,11 @@ def train(
         if done > config.epochs:
             raise ValueError(f"{out} has already trained {done} epochs, more than the {config.epochs} asked for")
         if done == config.epochs:
-            if not finished:  # stopped between its last checkpoint and the final files: write them
+            if not complete:  # stopped between its last checkpoint and the last final file: write them
                 backbone = backbone_from_checkpoint(ckpt_path, ckpt)
                 backbone.info = {**info, "epochs_completed": done}
-                _finish(out, backbone, backbone.info, None, ckpt["corel"].get("last_epoch_deaths"), None, config.lam)
+                _finish(out, backbone, backbone.info, ckpt["corel"].get("fit_seconds"),
+                        ckpt["corel"].get("last_epoch_deaths"), None, config.lam)
             return _nothing_to_do(out, done)
     elif finished and resume:
         summary = _read_summary(out)
@@ -470,7 +484,8 @@ def train(
                                      h0_backend)
     module.run_record = {"settings": settings}
     data = ImageDataModule(images, config.batch_size, config.seed)
-    report = _RunReport(out / "checkpoints" / "last.ckpt")
+    # a resumed run's seconds include its earlier sessions' (summary.json's fit_seconds counted the last one only)
+    report = _RunReport(out / "checkpoints" / "last.ckpt", ckpt["corel"].get("fit_seconds", 0.0) if ckpt_path else 0.0)
     with quiet_lightning(), _torch_flags_kept(), _interruption_raised(report):
         trainer = L.Trainer(
             max_epochs=config.epochs,
@@ -489,9 +504,15 @@ def train(
             log_every_n_steps=1,  # every value is logged per epoch; no step interval to wait for
             deterministic=accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()),
         )
-        start = time.perf_counter()
+        # the devices split every batch of the epoch's order among them: another count trains another run
+        module.run_record["world_size"] = trainer.world_size
+        stored_world = ckpt["corel"].get("world_size") if ckpt_path is not None else None
+        if stored_world is not None and stored_world != trainer.world_size:
+            raise ValueError(f"{out} was started on {stored_world} device(s) (devices x nodes), not "
+                             f"{trainer.world_size}; resuming would mix two runs (each device trains on its own "
+                             "share of every epoch's batches)")
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    seconds = time.perf_counter() - start
+    seconds = report.fit_seconds()
     backbone = Backbone(module.model.cpu().eval(), config.eta, config.metric,
                         {**info, "epochs_completed": trainer.current_epoch})
     if trainer.is_global_zero:

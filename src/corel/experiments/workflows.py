@@ -7,7 +7,7 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from corel.detection.detector import OneClassDetector
 from corel.detection.models import AutoencoderConfig
 from corel.experiments import reports
 from corel.experiments.datasets import ImageData, load_dataset
-from corel.experiments.protocol import PROTOCOLS, ProtocolResult, evaluate
+from corel.experiments.protocol import PROTOCOLS, ProtocolResult, check_sample_counts, evaluate
 from corel.experiments.training import TrainConfig, train
 from corel.topology.distances import Metric
 from corel.topology.theory import Codes, Densification, as_codes, check_analysis, check_sizes, densification_sizes, densify
@@ -84,8 +84,8 @@ def evaluate_backbone(backbone: Backbone, data: ImageData, out_dir: str | Path |
         cells_dir = Path(out_dir) / f"cells_{data.name}_n{n}" if cells and out_dir is not None else None
         result = evaluate(make, codes.train, data.y_train, codes.test, data.y_test, class_names=list(data.class_names),
                           n=n, draws=draws, seed=seed, classes=classes, test_size=test_size, method=method,
-                          dataset=data.name, settings=settings, cells_dir=cells_dir, compute=compute,
-                          progress=progress)
+                          dataset=data.name, data_digest=data.digest, settings=settings, cells_dir=cells_dir,
+                          compute=compute, progress=progress)
         result.settings["encode_seconds"] = codes.seconds
         result.seconds += codes.seconds  # the fits only count codes: encoding is the cost
         if out_dir is not None:
@@ -121,25 +121,25 @@ def class_reports(backbone: Backbone, data: ImageData, out_dir: str | Path, *, n
 
 def reproduce(name: str, out_dir: str | Path, data_dir: str | Path | None = None, *, eval_data_dir: str | Path | None = None,
               ns: tuple[int, ...] = (120,), draws: int = 5, seed: int = 0, model_config: AutoencoderConfig | None = None,
-              config: TrainConfig = TrainConfig(), download: bool = True, progress: bool = True,
-              **trainer_kwargs) -> dict[int, ProtocolResult]:
-    """Runs a named :data:`PROTOCOLS` entry end to end: trains the backbone into out_dir/backbone
-    unless its file exists (a killed training resumes), then evaluates for each n in ``ns``."""
+              architecture: dict[str, Any] | None = None, config: TrainConfig = TrainConfig(), download: bool = True,
+              progress: bool = True, **trainer_kwargs) -> dict[int, ProtocolResult]:
+    """Runs a named :data:`PROTOCOLS` entry end to end: trains the backbone into out_dir/backbone (a
+    killed training resumes, a finished one is reused, one with other settings is refused), then
+    evaluates for each n in ``ns``, keeping each finished cell (a killed evaluation resumes).
+    ``model_config`` defaults to :func:`default_model_config` of the training data with the keyword
+    arguments ``architecture`` (branches, branch_dim, filters, arch, init)."""
     if name not in PROTOCOLS:
         raise ValueError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
     proto = PROTOCOLS[name]
     out = Path(out_dir)
-    backbone_file = out / "backbone" / "backbone.pt"
     train_data = load_dataset(proto.train_data, data_dir, download=download)
-    if backbone_file.exists():
-        backbone = Backbone.load(backbone_file)
-    else:
-        mc = model_config or default_model_config(train_data)
-        backbone = train_backbone(train_data, out / "backbone", mc, config, resume=True, progress=progress,
-                                  **trainer_kwargs)
     eval_data = train_data if proto.eval_data == proto.train_data and eval_data_dir is None else \
         load_dataset(proto.eval_data, eval_data_dir or data_dir, download=download)
-    results = evaluate_backbone(backbone, eval_data, out, ns=ns, draws=draws, seed=seed, progress=progress)
+    check_sample_counts(eval_data.y_train, ns)  # before hours of training
+    mc = model_config or default_model_config(train_data, **(architecture or {}))
+    backbone = train_backbone(train_data, out / "backbone", mc, config, resume=True, progress=progress,
+                              **trainer_kwargs)
+    results = evaluate_backbone(backbone, eval_data, out, ns=ns, draws=draws, seed=seed, cells=True, progress=progress)
     rows = [[n, f"{r.mean:.2f}", f"{r.std_over_draws:.2f}",
              f"{proto.published_mean:.2f}" if proto.published_mean is not None and n == 120 else "-"]
             for n, r in results.items()]
@@ -159,9 +159,8 @@ def demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, seed: int = 
     results = {}
     for label, lam in (("lambda=1", 1.0), ("lambda=0", 0.0)):
         config = TrainConfig(epochs=epochs, batch_size=50, lr=1e-3, eta=1.0, lam=lam, seed=seed)
-        run = out / label.replace("=", "")
-        backbone = Backbone.load(run / "backbone.pt") if (run / "backbone.pt").exists() else \
-            train_backbone(data, run, model_config, config, resume=True, progress=progress)
+        run = out / label.replace("=", "")  # resumed or reused; another seed or --quick there is refused
+        backbone = train_backbone(data, run, model_config, config, resume=True, progress=progress)
         results[label] = evaluate_backbone(backbone, data, run, ns=(n,), draws=draws, seed=seed, progress=progress,
                                            method=label)[n]
     reports.plot_auroc_bars(results, out / "auroc_digits.png", title=f"one-class AUROC on digits, n={n}")
@@ -198,7 +197,8 @@ def compare(methods: list[str], data: ImageData, out_dir: str | Path, *, backbon
         settings = {**(SMALL_SETTINGS[m] if small else {}), "device": device}
         results[m] = evaluate(lambda s: BASELINES[m](seed=s, **settings), data.x_train, data.y_train, data.x_test,
                               data.y_test, class_names=list(data.class_names), n=n, draws=draws, seed=seed,
-                              classes=classes, test_size=test_size, method=m, dataset=data.name, settings=settings,
+                              classes=classes, test_size=test_size, method=m, dataset=data.name,
+                              data_digest=data.digest, settings=settings,
                               cells_dir=out / m / f"cells_{data.name}_n{n}", compute=compute, progress=progress)
         reports.write_protocol(results[m], out / m, stem=stem)
     reports.write_comparison(results, out / f"compare_{data.name}_n{n}", title=f"one-class AUROC on {data.name}, n={n}, "

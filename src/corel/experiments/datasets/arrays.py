@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from corel._io import content_digest
 from corel.detection.images import as_uint8_images
 
 
@@ -46,6 +48,12 @@ class ImageData:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """SHA-256 (16 hex digits) of both splits and the class names: stored results are keyed by it, so
+        results on other data under the same name (npz, imagefolder) are never mixed in."""
+        return content_digest([self.x_train, self.y_train, self.x_test, self.y_test, list(self.class_names)])[:16]
 
     def __repr__(self) -> str:
         return (f"ImageData(name={self.name!r}, train={self.x_train.shape}, test={self.x_test.shape}, "

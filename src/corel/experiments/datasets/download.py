@@ -85,6 +85,8 @@ def _download(archive: Archive, root: Path) -> Path:
                     md5.update(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())  # durable before the rename, as every corel write (corel._io)
         if total is not None and received != total:
             raise ValueError(f"download of {archive.url} is truncated: {received} of {total} bytes; "
                              f"nothing was saved, retry or put a good copy at {target}")
