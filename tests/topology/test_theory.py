@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
@@ -32,6 +33,16 @@ def test_guideline_exact_values_and_tolerance_form():
     assert [batch_size_for_tolerance(10, 2.0, t) for t in (0.15, 0.1, 0.05, 0.025)] == [150, 110, 80, 68]
     assert metric_entropy_count(1, 2.0, 1.0, 3.0) == pytest.approx(2.0)  # D=1: (beta - alpha) / eta + 1
     assert metric_entropy_count(10, 2.0, 0.5, 2.0) == pytest.approx(1.5**10)  # alpha < eta/2: a whole ball
+
+
+def test_guideline_of_wide_branches():
+    """(2 beta / eta + 1)^D overflowed long before the count itself (an OverflowError traceback)."""
+    assert metric_entropy_count(1000, 2.0, 1.98, 2.02) == pytest.approx(1.51**1000 - 0.49**1000, rel=1e-12)
+    assert batch_size_for_tolerance(1000, 2.0, 0.01) == round(1.51**1000)
+    assert metric_entropy_count(3000, 2.0, 1.98, 2.02) == math.inf
+    with pytest.raises(ValueError, match="exceeds the float range.*every batch size fits"):
+        batch_size_for_tolerance(3000, 2.0, 0.01)
+    assert tolerance_for_batch_size(100, 3000, 2.0) == 0.0
 
 
 def test_reverse_guideline():

@@ -405,7 +405,8 @@ def _analyze_batch_size(args: argparse.Namespace) -> int:
               f"+-{t:.3f} eta, i.e. [{max(0.0, args.eta * (1 - t)):.3f}, {args.eta * (1 + t):.3f}]")  # deaths >= 0
     else:
         b = batch_size_for_tolerance(args.dim, args.eta, args.tolerance)
-        print(f"branch dim {args.dim}, eta {args.eta}, death times within +-{args.tolerance} eta: batch size <= {b}")
+        print(f"branch dim {args.dim}, eta {args.eta}, death times within +-{args.tolerance} eta: batch size <= "
+              + (f"{b:,}" if b < 10**9 else f"{b:.3e}"))
     return 0
 
 

@@ -23,6 +23,7 @@ samples, exactly (the memory-bounded H0 of :mod:`corel.topology.h0`).
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Sequence, Union
 
@@ -47,7 +48,10 @@ def metric_entropy_count(dim: int, eta: float, alpha: float, beta: float) -> flo
     _check_geometry(dim, eta)
     if not (0 <= alpha <= beta and math.isfinite(beta)):
         raise ValueError(f"need 0 <= alpha <= beta < inf, got alpha={alpha!r}, beta={beta!r}")
-    return ((2 * beta / eta + 1) ** dim - max(0.0, 2 * alpha / eta - 1) ** dim) / 2**dim
+    try:  # the second form: (2 beta / eta + 1)^D overflowed from D = 647 (at eta = 2, beta = 2.02)
+        return (beta / eta + 0.5) ** dim - max(0.0, alpha / eta - 0.5) ** dim
+    except OverflowError:  # beyond the float range (D in the thousands): no batch size comes near it
+        return math.inf
 
 
 def batch_size_guideline(dim: int, eta: float, alpha: float, beta: float) -> int:
@@ -56,7 +60,11 @@ def batch_size_guideline(dim: int, eta: float, alpha: float, beta: float) -> int
     rounded.  For dim=10, eta=2: [1.7, 2.3] -> 150, [1.8, 2.2] -> 110, [1.9, 2.1] -> 80,
     [1.95, 2.05] -> 68.
     """
-    return round(metric_entropy_count(dim, eta, alpha, beta))
+    count = metric_entropy_count(dim, eta, alpha, beta)
+    if count == math.inf:
+        raise ValueError(f"the guideline for dim {dim} exceeds the float range ({sys.float_info.max:.3g}): "
+                         "every batch size fits")
+    return round(count)
 
 
 def batch_size_for_tolerance(dim: int, eta: float, tolerance: float) -> int:
