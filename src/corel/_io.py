@@ -9,6 +9,7 @@ old file or the new one, never half of one.  Every file corel reads with torch g
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -246,8 +247,21 @@ def claim(path: str | os.PathLike) -> Iterator[bool]:
             finally:
                 path.unlink(missing_ok=True)
             return
-        if not _lock_is_stale(path):
+        if not _remove_if_stale(path):
             yield False
             return
-        path.unlink(missing_ok=True)
     yield False
+
+
+def _remove_if_stale(path: Path) -> bool:
+    """Removes the lock ``path`` if it is stale; True when it did.  The check and the removal hold
+    ``<path>.takeover`` (flock, released by the kernel when a process dies, so never stale itself):
+    without it, of processes restarted together beside a killed one's lock, one took it over and
+    created its own, and another, judging the old one stale just before, removed that new lock and
+    took it too.  Only this host's processes take a lock over, so a host-local lock suffices."""
+    with open(path.with_name(path.name + ".takeover"), "a") as guard:  # left in place: others may wait on it
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        if not _lock_is_stale(path):
+            return False
+        path.unlink(missing_ok=True)
+        return True

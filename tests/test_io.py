@@ -1,0 +1,45 @@
+"""corel._io: lock files shared by processes."""
+
+import socket
+import subprocess
+import sys
+import threading
+
+from corel import _io
+
+
+def test_a_stale_lock_is_taken_over_by_one_process_only(tmp_path, monkeypatch):
+    """Two processes restarted beside a killed one's lock both judged it stale; the second, checking
+    just before the first took it over, then removed the first's new lock and claimed the unit too."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = tmp_path / "unit.lock"
+    lock.write_text(f"{socket.gethostname()} {dead.pid}")
+    first_checking, second_decided, first_decided = threading.Event(), threading.Event(), threading.Event()
+    holds = {}
+    real = _io._lock_is_stale
+
+    def slow_for_first(path):
+        stale = real(path)
+        if threading.current_thread().name == "first":  # judged stale; the second runs meanwhile
+            first_checking.set()
+            second_decided.wait(timeout=1)
+        return stale
+
+    monkeypatch.setattr(_io, "_lock_is_stale", slow_for_first)
+
+    def run(name, decided, other):
+        with _io.claim(lock) as mine:
+            holds[name] = mine
+            decided.set()
+            other.wait(timeout=2)  # holding it while the other decides
+
+    threads = [threading.Thread(target=run, name="first", args=("first", first_decided, second_decided)),
+               threading.Thread(target=run, name="second", args=("second", second_decided, first_decided))]
+    threads[0].start()
+    assert first_checking.wait(timeout=5)
+    threads[1].start()
+    for t in threads:
+        t.join()
+    assert sorted(holds.values()) == [False, True]
+    assert not lock.exists()
