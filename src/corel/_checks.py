@@ -1,9 +1,12 @@
-"""Argument checks shared by every layer (integers here; lengths and metrics in topology.distances)."""
+"""Argument checks shared by every layer (integers and numbers here; metrics in topology.distances)."""
 
 from __future__ import annotations
 
-from numbers import Integral
+import math
+from numbers import Integral, Real
 from typing import Any
+
+import torch
 
 
 def check_ints(minimum: int, **params: Any) -> None:
@@ -13,3 +16,14 @@ def check_ints(minimum: int, **params: Any) -> None:
     for name, value in params.items():
         if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
             raise ValueError(f"{name} must be {kind}, got {value!r}")
+
+
+def check_number(value: Any, name: str, *, strict: bool = False) -> float:
+    """``value`` as a float: a finite real number >= 0 (> 0 with ``strict``), numpy numbers and 0-d
+    tensors included; ValueError naming ``name`` otherwise (bools, text, NaN and inf too)."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_complex():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) \
+            or not (value > 0 if strict else value >= 0):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} 0, got {value!r}")
+    return float(value)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
 
-from corel._checks import check_ints
+from corel._checks import check_ints, check_number
 from corel._io import load_checked, save_checked
 from corel._native._kernels import count_within as native_count_within
 from corel.detection.backbone import Backbone, resolve_backbone
@@ -61,8 +60,7 @@ def count_within(queries: Tensor, codes: Tensor, radius: float, metric: Metric =
                          f"(n, {', '.join(map(str, codes.shape[1:]))}) differ in branches or dimension")
     if isinstance(radius, Tensor) and radius.numel() == 1:
         radius = radius.item()
-    if isinstance(radius, bool) or not isinstance(radius, Real) or not 0 <= radius < math.inf:
-        raise ValueError(f"radius must be a finite number >= 0, got {radius!r}")
+    radius = check_number(radius, "radius")
     check_finite(queries, "queries")  # a NaN coordinate has no distance (the kernels' maxima would skip it)
     check_finite(codes, "codes")
     queries, codes = measured_in(queries), measured_in(codes)  # the dtypes the native kernel counts in

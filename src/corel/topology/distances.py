@@ -4,11 +4,12 @@ differentiable edge lengths."""
 from __future__ import annotations
 
 import math
-from numbers import Real
 from typing import Any, Union
 
 import torch
 from torch import Tensor
+
+from corel._checks import check_number
 
 Metric = Union[str, float, int]
 
@@ -64,10 +65,7 @@ def traced(x: Tensor) -> bool:
 
 def check_scale(value: Any, name: str) -> float:
     """A length in the metric's units (eta, a radius): a finite number > 0 (a 0-d tensor too), else ValueError."""
-    value = plain_number(value)
-    if isinstance(value, bool) or not isinstance(value, Real) or not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+    return check_number(value, name, strict=True)
 
 
 def check_finite(x: Tensor, what: str) -> None:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from numbers import Real
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 
-from corel._checks import check_ints
+from corel._checks import check_ints, check_number
 from corel.detection.base import BaseDetector, check_seed
 from corel.detection.images import as_image_tensor
 
@@ -73,20 +72,16 @@ def in_batches(fn: Callable[[Tensor], Tensor], images: Tensor, batch_size: int, 
     return torch.cat([fn(images[i: i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)])
 
 
-def _check_numbers(params: dict[str, Any], zero: bool) -> None:
-    for name, value in params.items():
-        if isinstance(value, bool) or not isinstance(value, Real) or not (value >= 0 if zero else value > 0):
-            raise ValueError(f"{name} must be a number {'>=' if zero else '>'} 0, got {value!r}")
-
-
 def check_positive(**params: float) -> None:
-    """ValueError naming the first parameter that is not a number > 0 (NaN and text included)."""
-    _check_numbers(params, zero=False)
+    """ValueError naming the first parameter that is not a finite number > 0 (NaN and text included)."""
+    for name, value in params.items():
+        check_number(value, name, strict=True)
 
 
 def check_non_negative(**params: float) -> None:
-    """ValueError naming the first parameter that is not a number >= 0."""
-    _check_numbers(params, zero=True)
+    """ValueError naming the first parameter that is not a finite number >= 0."""
+    for name, value in params.items():
+        check_number(value, name)
 
 
 class BaselineDetector(BaseDetector):
