@@ -178,3 +178,18 @@ def test_content_that_would_not_load_is_not_written(tmp_path, backbone):
     with pytest.raises(TypeError, match="cannot checksum a Name"):
         backbone.save(tmp_path / "b.pt")
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("kind, shape", [("mlp", (1, 8, 8)), ("conv", (1, 8, 8))])
+def test_numpy_sizes_build_a_backbone_that_saves_and_loads(tmp_path, kind, shape):
+    """Sizes from numpy (a grid of layouts) were refused by BranchedAutoencoder's own int check,
+    while every other size check of corel (check_ints) takes numpy integers."""
+    n = np.int64
+    cfg = AutoencoderConfig(kind=kind, input_shape=tuple(map(n, shape)), filters=(n(4),), branches=n(2), branch_dim=n(3))
+    torch.manual_seed(0)
+    backbone = Backbone(BranchedAutoencoder(cfg).eval())
+    backbone.save(tmp_path / "b.pt")
+    loaded = Backbone.load(tmp_path / "b.pt")
+    assert loaded.config == cfg and type(loaded.config.branches) is int
+    x = np.random.default_rng(0).integers(0, 256, (5, *shape), dtype=np.uint8)
+    assert loaded.encode(x).shape == (5, 2, 3) and torch.equal(loaded.encode(x), backbone.encode(x))

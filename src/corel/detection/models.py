@@ -9,6 +9,8 @@ from numbers import Real
 import torch
 from torch import Tensor, nn
 
+from corel._checks import check_ints
+
 
 INITS = ("layer", "block")
 
@@ -95,10 +97,10 @@ class BranchedAutoencoder(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        sizes = (*c.input_shape, *c.filters, c.branches, c.branch_dim)
-        if not c.filters or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
-            raise ValueError(f"input_shape, filters (at least one), branches and branch_dim must be positive ints, "
-                             f"got {c.input_shape}, {c.filters}, {c.branches}, {c.branch_dim}")
+        if not c.filters:
+            raise ValueError("filters must name at least one layer, got none")
+        check_ints(1, **{f"input_shape[{i}]": v for i, v in enumerate(c.input_shape)},
+                   **{f"filters[{i}]": v for i, v in enumerate(c.filters)}, branches=c.branches, branch_dim=c.branch_dim)
         if isinstance(c.negative_slope, bool) or not isinstance(c.negative_slope, Real):
             raise ValueError(f"negative_slope must be a number, got {c.negative_slope!r}")
         if c.kind == "conv":
