@@ -43,3 +43,23 @@ def test_a_stale_lock_is_taken_over_by_one_process_only(tmp_path, monkeypatch):
         t.join()
     assert sorted(holds.values()) == [False, True]
     assert not lock.exists()
+
+
+def test_arrays_of_any_byte_order_or_read_only_are_stored(tmp_path):
+    """A big-endian array (read from a FITS or .mat file) failed the save with torch's ValueError; a
+    read-only one (np.load with mmap_mode, a broadcast view) made torch warn about undefined behaviour."""
+    import warnings
+
+    import numpy as np
+    import torch
+
+    frozen = np.arange(3.0)
+    frozen.flags.writeable = False
+    payload = {"big": np.arange(4, dtype=">i4"), "frozen": frozen, "view": np.broadcast_to(np.float32(2), (2, 2))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _io.save_checked(payload, tmp_path / "f.pt", format="test", version=1)
+    loaded = _io.load_checked(tmp_path / "f.pt", format="test", version=1, what="test file")
+    assert torch.equal(loaded["big"], torch.arange(4, dtype=torch.int32))
+    assert torch.equal(loaded["frozen"], torch.arange(3.0, dtype=torch.float64))
+    assert torch.equal(loaded["view"], torch.full((2, 2), 2.0))

@@ -169,8 +169,8 @@ def plain_data(obj: Any) -> Any:
         return items if isinstance(obj, list) else tuple(items)
     if isinstance(obj, np.generic):
         return obj.item()
-    if isinstance(obj, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.ndarray):  # a native-order, writable copy: torch refuses other byte orders, warns on read-only
+        return torch.from_numpy(np.array(obj, dtype=obj.dtype.newbyteorder("="), order="C", copy=True))
     return obj
 
 
