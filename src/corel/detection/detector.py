@@ -231,7 +231,8 @@ class OneClassDetector(BaseDetector):
     @classmethod
     def from_dict(cls, content: dict[str, Any], where: str = "detector", device: str | None = None) -> "OneClassDetector":
         """The inverse of :meth:`to_dict`, validated: ValueError naming ``where`` for bad content.
-        ``device``: where it encodes and counts (default: the CPU); ``train_scores_`` is recomputed."""
+        ``device``: where the backbone encodes (default: the CPU); the counts run where the codes are, on
+        the CPU.  ``train_scores_`` is recomputed."""
         try:
             backbone = None if content["backbone"] is None else Backbone.from_dict(content["backbone"], where=where)
             det = cls(backbone=backbone, **{**content["params"], "device": device})
@@ -260,7 +261,7 @@ class OneClassDetector(BaseDetector):
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | None = None) -> "OneClassDetector":
-        """Reads a file written by :meth:`save` to work on ``device`` (default: the CPU); a damaged,
-        foreign or invalid file raises ValueError."""
+        """Reads a file written by :meth:`save`, its backbone to encode on ``device`` (default: the CPU);
+        a damaged, foreign or invalid file raises ValueError."""
         return cls.from_dict(load_checked(path, format=FORMAT, version=VERSION, what="corel one-class detector file"),
                              where=str(path), device=device)
