@@ -45,6 +45,24 @@ def test_guideline_of_wide_branches():
     assert tolerance_for_batch_size(100, 3000, 2.0) == 0.0
 
 
+def test_guideline_of_numpy_numbers():
+    """numpy inputs computed in their own precision: float32 overflowed to inf from D = 216 at 1 %
+    (refused as beyond the float range), an int64 dim overflowed with a RuntimeWarning."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        count = metric_entropy_count(np.int64(300), np.float32(2.0), np.float32(1.98), np.float32(2.02))
+        assert type(count) is float and count == metric_entropy_count(300, 2.0, float(np.float32(1.98)),
+                                                                     float(np.float32(2.02)))
+        assert batch_size_for_tolerance(np.int64(300), 2.0, np.float32(0.01)) == pytest.approx(1.51**300, rel=1e-5)
+        with pytest.raises(ValueError, match="exceeds the float range"):
+            batch_size_guideline(np.int64(3000), 2.0, 1.98, 2.02)
+        assert tolerance_for_batch_size(100, np.int64(3000), np.float32(2.0)) == 0.0
+    with pytest.raises(ValueError, match="alpha must be a finite number >= 0"):
+        metric_entropy_count(10, 2.0, "1.9", 2.1)
+
+
 def test_reverse_guideline():
     assert tolerance_for_batch_size(50, 10, 2.0) == 0.0  # (3/2)^10 - (1/2)^10 = 57.7 >= 50 at zero tolerance
     for size, dim in [(80, 10), (100, 10), (150, 10), (1000, 10), (17000, 1), (10 ** 9, 1)]:

@@ -31,22 +31,25 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from corel._checks import check_ints
+from corel._checks import check_ints, check_number
 from corel.topology.distances import Metric, check_scale, metric_order
 from corel.topology.h0 import h0_persistence
 
 Codes = Union[Tensor, np.ndarray]
 
 
-def _check_geometry(dim: int, eta: float) -> None:
+def _check_geometry(dim: int, eta: float) -> tuple[int, float]:
+    """``dim`` and ``eta`` as Python numbers: numpy ones computed the count in their own precision
+    (float32: inf from D = 216 at a tolerance of 1 %, where float64 holds it) and overflowed with a RuntimeWarning."""
     check_ints(1, dim=dim)
-    check_scale(eta, "eta")
+    return int(dim), check_scale(eta, "eta")
 
 
 def metric_entropy_count(dim: int, eta: float, alpha: float, beta: float) -> float:
     """C(D, eta, alpha, beta) of the module docstring, for branch dimension ``dim``."""
-    _check_geometry(dim, eta)
-    if not (0 <= alpha <= beta and math.isfinite(beta)):
+    dim, eta = _check_geometry(dim, eta)
+    alpha, beta = check_number(alpha, "alpha"), check_number(beta, "beta")
+    if not alpha <= beta:
         raise ValueError(f"need 0 <= alpha <= beta < inf, got alpha={alpha!r}, beta={beta!r}")
     try:  # the second form: (2 beta / eta + 1)^D overflowed from D = 647 (at eta = 2, beta = 2.02)
         return (beta / eta + 0.5) ** dim - max(0.0, alpha / eta - 0.5) ** dim
@@ -81,7 +84,7 @@ def tolerance_for_batch_size(batch_size: int, dim: int, eta: float) -> float:
     0 when even t = 0 allows the batch (C at t = 0 is (3/2)^D - (1/2)^D); C grows with t, so
     bisection finds it to 1e-12 relative.
     """
-    _check_geometry(dim, eta)
+    dim, eta = _check_geometry(dim, eta)
     check_ints(1, batch_size=batch_size)
 
     def bound(t: float) -> float:
