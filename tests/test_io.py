@@ -63,3 +63,17 @@ def test_arrays_of_any_byte_order_or_read_only_are_stored(tmp_path):
     assert torch.equal(loaded["big"], torch.arange(4, dtype=torch.int32))
     assert torch.equal(loaded["frozen"], torch.arange(3.0, dtype=torch.float64))
     assert torch.equal(loaded["view"], torch.full((2, 2), 2.0))
+
+
+def test_a_stale_lock_is_taken_over_where_flock_fails(tmp_path, monkeypatch):
+    import fcntl
+
+    def no_locks(*args):
+        raise OSError(38, "Function not implemented")
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "unit.lock").write_text(f"{socket.gethostname()} {dead.pid}")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with _io.claim(tmp_path / "unit.lock") as mine:
+        assert mine

@@ -260,7 +260,10 @@ def _remove_if_stale(path: Path) -> bool:
     created its own, and another, judging the old one stale just before, removed that new lock and
     took it too.  Only this host's processes take a lock over, so a host-local lock suffices."""
     with open(path.with_name(path.name + ".takeover"), "a") as guard:  # left in place: others may wait on it
-        fcntl.flock(guard, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+        except OSError:  # a filesystem without locks (some FUSE mounts): unguarded rather than never taken over
+            pass
         if not _lock_is_stale(path):
             return False
         path.unlink(missing_ok=True)
