@@ -77,3 +77,19 @@ def test_a_stale_lock_is_taken_over_where_flock_fails(tmp_path, monkeypatch):
     monkeypatch.setattr(fcntl, "flock", no_locks)
     with _io.claim(tmp_path / "unit.lock") as mine:
         assert mine
+
+
+def test_a_link_reported_failed_but_made_counts_as_created(tmp_path, monkeypatch):
+    """NFS can answer a retransmitted link with EEXIST after the first one made it."""
+    import os
+
+    real = os.link
+
+    def made_then_refused(src, dst):
+        real(src, dst)
+        raise FileExistsError(17, "File exists")
+
+    monkeypatch.setattr(os, "link", made_then_refused)
+    assert _io.create_exclusive(tmp_path / "lock", "a") and (tmp_path / "lock").read_text() == "a"
+    assert not _io.create_exclusive(tmp_path / "lock", "b") and (tmp_path / "lock").read_text() == "a"
+    assert [p.name for p in tmp_path.iterdir()] == ["lock"]

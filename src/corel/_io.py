@@ -75,7 +75,10 @@ def create_exclusive(path: str | os.PathLike, text: str) -> bool:
         try:
             os.link(tmp, path)
         except FileExistsError:
-            return False
+            # NFS may answer a retried link with EEXIST although the first one made it (open(2)'s advice:
+            # trust the link count): else a lock this process created counted as another's, held for its life
+            if os.stat(tmp).st_nlink != 2:
+                return False
         except OSError:  # a filesystem without hard links: create, then write (a kill between leaves it empty)
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
