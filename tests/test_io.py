@@ -93,3 +93,20 @@ def test_a_link_reported_failed_but_made_counts_as_created(tmp_path, monkeypatch
     assert _io.create_exclusive(tmp_path / "lock", "a") and (tmp_path / "lock").read_text() == "a"
     assert not _io.create_exclusive(tmp_path / "lock", "b") and (tmp_path / "lock").read_text() == "a"
     assert [p.name for p in tmp_path.iterdir()] == ["lock"]
+
+
+def test_a_takeover_in_progress_is_left_to_its_process(tmp_path):
+    """Whoever holds <lock>.takeover decides; another process does not wait on it (a stopped holder
+    would stall every other) but leaves the unit to it."""
+    import fcntl
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = tmp_path / "unit.lock"
+    lock.write_text(f"{socket.gethostname()} {dead.pid}")
+    with open(tmp_path / "unit.lock.takeover", "a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        with _io.claim(lock) as mine:
+            assert not mine and lock.exists()
+    with _io.claim(lock) as mine:
+        assert mine

@@ -172,7 +172,7 @@ def plain_data(obj: Any) -> Any:
         return items if isinstance(obj, list) else tuple(items)
     if isinstance(obj, np.generic):
         return obj.item()
-    if isinstance(obj, np.ndarray):  # a native-order, writable copy: torch refuses other byte orders, warns on read-only
+    if isinstance(obj, np.ndarray):  # native-order, writable copy: torch refuses other orders, warns on read-only
         return torch.from_numpy(np.array(obj, dtype=obj.dtype.newbyteorder("="), order="C", copy=True))
     return obj
 
@@ -262,9 +262,11 @@ def _remove_if_stale(path: Path) -> bool:
     without it, of processes restarted together beside a killed one's lock, one took it over and
     created its own, and another, judging the old one stale just before, removed that new lock and
     took it too.  Only this host's processes take a lock over, so a host-local lock suffices."""
-    with open(path.with_name(path.name + ".takeover"), "a") as guard:  # left in place: others may wait on it
-        try:
-            fcntl.flock(guard, fcntl.LOCK_EX)
+    with open(path.with_name(path.name + ".takeover"), "a") as guard:  # kept: removed, two could lock two files
+        try:  # not waiting: a process stopped while holding it would stall every other
+            fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another process is deciding; if the lock was stale, the unit is now its
+            return False
         except OSError:  # a filesystem without locks (some FUSE mounts): unguarded rather than never taken over
             pass
         if not _lock_is_stale(path):
