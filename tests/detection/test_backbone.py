@@ -185,7 +185,8 @@ def test_numpy_sizes_build_a_backbone_that_saves_and_loads(tmp_path, kind, shape
     """Sizes from numpy (a grid of layouts) were refused by BranchedAutoencoder's own int check,
     while every other size check of corel (check_ints) takes numpy integers."""
     n = np.int64
-    cfg = AutoencoderConfig(kind=kind, input_shape=tuple(map(n, shape)), filters=(n(4),), branches=n(2), branch_dim=n(3))
+    cfg = AutoencoderConfig(kind=kind, input_shape=tuple(map(n, shape)), filters=(n(4),), branches=n(2),
+                            branch_dim=n(3))
     torch.manual_seed(0)
     backbone = Backbone(BranchedAutoencoder(cfg).eval())
     backbone.save(tmp_path / "b.pt")

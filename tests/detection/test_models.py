@@ -50,9 +50,9 @@ def test_bad_configs():
     with pytest.raises(ValueError, match="blocks"):
         BlockLinear(10, 4, blocks=3)
     # these crashed with ZeroDivisionError, IndexError or (at the first forward) TypeError
-    for bad, name in (({"branches": 0}, "branches"), ({"branch_dim": 0}, "branch_dim"), ({"filters": (32, -1)}, "filters[1]"),
-                      ({"input_shape": (3, 0, 8)}, "input_shape[1]"), ({"filters": (32.0,)}, "filters[0]"),
-                      ({"branches": True}, "branches")):
+    for bad, name in (({"branches": 0}, "branches"), ({"branch_dim": 0}, "branch_dim"),
+                      ({"filters": (32, -1)}, "filters[1]"), ({"input_shape": (3, 0, 8)}, "input_shape[1]"),
+                      ({"filters": (32.0,)}, "filters[0]"), ({"branches": True}, "branches")):
         with pytest.raises(ValueError, match=rf"^{re.escape(name)} must be a positive int"):
             BranchedAutoencoder(AutoencoderConfig(kind="mlp", **bad))
     with pytest.raises(ValueError, match="filters must name at least one layer"):

@@ -100,7 +100,8 @@ class BranchedAutoencoder(nn.Module):
         if not c.filters:
             raise ValueError("filters must name at least one layer, got none")
         check_ints(1, **{f"input_shape[{i}]": v for i, v in enumerate(c.input_shape)},
-                   **{f"filters[{i}]": v for i, v in enumerate(c.filters)}, branches=c.branches, branch_dim=c.branch_dim)
+                   **{f"filters[{i}]": v for i, v in enumerate(c.filters)},
+                   branches=c.branches, branch_dim=c.branch_dim)
         if isinstance(c.negative_slope, bool) or not isinstance(c.negative_slope, Real):
             raise ValueError(f"negative_slope must be a number, got {c.negative_slope!r}")
         if c.kind == "conv":
