@@ -110,3 +110,15 @@ def test_a_takeover_in_progress_is_left_to_its_process(tmp_path):
             assert not mine and lock.exists()
     with _io.claim(lock) as mine:
         assert mine
+
+
+def test_numpy_scalars_have_the_digest_of_what_is_stored():
+    """content_digest refused numpy scalars (np.str_ class names: an ImageData's digest raised), which
+    plain_data stores as Python values; their digest is now that of those values."""
+    import numpy as np
+    import pytest
+
+    names = tuple(np.array(["cat", "dog"]))
+    assert _io.content_digest([names, np.float64(0.5), np.int64(3)]) == _io.content_digest([("cat", "dog"), 0.5, 3])
+    with pytest.raises(TypeError, match="cannot checksum a longdouble"):
+        _io.content_digest(np.longdouble(1))

@@ -154,6 +154,8 @@ def content_digest(obj: Any) -> str:
             digest.update(np.ascontiguousarray(value).tobytes())
         elif value is None or type(value) in (bool, int, float, str):  # not subclasses: they would not load
             digest.update(f"{type(value).__name__}:{value!r};".encode())
+        elif isinstance(value, np.generic) and not isinstance(value.item(), np.generic):  # np.longdouble stays one
+            feed(value.item())  # as plain_data stores it (an ImageData's class names from numpy: np.str_)
         else:
             raise TypeError(f"cannot checksum a {type(value).__name__}")
 
