@@ -264,6 +264,8 @@ def _remove_if_stale(path: Path) -> bool:
     without it, of processes restarted together beside a killed one's lock, one took it over and
     created its own, and another, judging the old one stale just before, removed that new lock and
     took it too.  Only this host's processes take a lock over, so a host-local lock suffices."""
+    if not _lock_is_stale(path):  # the common case, a live lock: no guard file created
+        return False
     with open(path.with_name(path.name + ".takeover"), "a") as guard:  # kept: removed, two could lock two files
         try:  # not waiting: a process stopped while holding it would stall every other
             fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -271,7 +273,7 @@ def _remove_if_stale(path: Path) -> bool:
             return False
         except OSError:  # a filesystem without locks (some FUSE mounts): unguarded rather than never taken over
             pass
-        if not _lock_is_stale(path):
+        if not _lock_is_stale(path):  # again, now alone: another may have taken it over since
             return False
         path.unlink(missing_ok=True)
         return True
