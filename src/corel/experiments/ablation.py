@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,7 +26,8 @@ from corel.experiments import reports
 from corel.experiments.datasets import ImageData
 from corel.experiments.protocol import check_sample_counts
 from corel.experiments.training import TrainConfig
-from corel.experiments.workflows import encode_splits, evaluate_backbone, train_backbone
+from corel.experiments.workflows import (drop_cells_of_earlier_weights, encode_splits, evaluate_backbone,
+                                         train_backbone)
 
 log = logging.getLogger("corel")
 
@@ -110,23 +110,12 @@ def ablate(data: ImageData, out_dir: str | Path, layouts: Sequence[Layout], lams
                     continue
                 if Backbone.load(folder / "backbone.pt").fingerprint != backbone.fingerprint:
                     continue  # trained on meanwhile by another process: a later pass evaluates the new weights
-                _drop_cells_of_earlier_weights(where, backbone.fingerprint)
+                drop_cells_of_earlier_weights(where, backbone.fingerprint)
                 codes = encode_splits(backbone, data) if codes is None else codes
                 log.info("%s: evaluating radius %g at n = %s", name, radius, ", ".join(map(str, todo)))
                 evaluate_backbone(backbone, data, where, ns=tuple(todo), draws=draws, seed=seed, radius=radius,
                                   cells=True, progress=progress, codes=codes)
     return write_report(out, data.name, n_ref)
-
-
-def _drop_cells_of_earlier_weights(where: Path, fingerprint: str) -> None:
-    """Removes the stored cells in the evaluation folder ``where`` of another backbone than the one with
-    ``fingerprint``: its run folder trained on since (a rerun with more --epochs), so the weights they
-    were computed with are gone and the cells could only refuse every later evaluation of the run."""
-    for key_file in where.glob("cells_*/key.json"):
-        stale = json.loads(key_file.read_text()).get("backbone_fingerprint")
-        if stale != fingerprint:
-            log.info("%s: cells of earlier weights of this backbone (%s) are replaced", key_file.parent, stale)
-            shutil.rmtree(key_file.parent)
 
 
 def _evaluated(path: Path, draws: int, seed: int, fingerprint: str) -> bool:
