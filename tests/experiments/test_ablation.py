@@ -1,5 +1,6 @@
 """corel ablate: the grid, its report, resuming, and several processes sharing one folder."""
 
+import json
 import os
 import socket
 import subprocess
@@ -7,12 +8,13 @@ import sys
 
 import pytest
 
+from corel.detection.backbone import Backbone
 from corel.detection.detector import OneClassDetector
 from corel.experiments import ablation
 from corel.experiments.ablation import Layout, ablate
 from corel.experiments.datasets import load_dataset
 from corel.experiments.training import TrainConfig
-from corel.experiments.workflows import default_model_config
+from corel.experiments.workflows import default_model_config, evaluate_backbone
 
 GRID = dict(layouts=[Layout(2, 3), Layout(4, 2)], lams=[0.0, 1.0], radii=(0.5, 1.0, 2.0), ns=(20, 40), draws=1)
 
@@ -105,10 +107,18 @@ def test_a_rerun_with_other_draws_or_seed_is_not_taken_as_done(tmp_path, digits)
     assert row[6] == "2"  # draws
     with pytest.raises(ValueError, match="other settings.*seed"):
         run(digits, tmp_path, **grid, draws=2, seed=1)
-    # more epochs train the backbone on: the evaluations of its earlier weights are not reported as its own
-    with pytest.raises(ValueError, match="other settings.*backbone_fingerprint"):
-        ablate(digits, tmp_path, **{**GRID, **grid, "draws": 2}, model_config=default_model_config(digits),
-               config=TrainConfig(epochs=3, batch_size=50, eta=1.0), progress=False, accelerator="cpu", devices=1)
+    # more epochs train the backbone on: the evaluations of its earlier weights are not reported as its own,
+    # and their cells (of weights no longer anywhere) are replaced, not left to refuse the run for good
+    ablate(digits, tmp_path, **{**GRID, **grid, "draws": 2}, model_config=default_model_config(digits),
+           config=TrainConfig(epochs=3, batch_size=50, eta=1.0), progress=False, accelerator="cpu", devices=1)
+    backbone = Backbone.load(tmp_path / "backbones" / "digits_2x3_lam1" / "backbone.pt")
+    where = tmp_path / "evaluations" / "digits_2x3_lam1" / "r1"
+    result = json.loads((where / "auroc_digits_n20.json").read_text())
+    assert backbone.info["epochs_completed"] == 3 and result["settings"]["backbone_fingerprint"] == backbone.fingerprint
+    assert json.loads((where / "cells_digits_n20" / "key.json").read_text())["backbone_fingerprint"] == \
+        backbone.fingerprint
+    fresh = evaluate_backbone(backbone, digits, ns=(20,), draws=2, progress=False)[20]
+    assert result["mean"] == pytest.approx(fresh.mean)
 
 
 def test_an_eta_of_many_digits_keeps_its_cell_in_the_table(tmp_path, digits):

@@ -168,6 +168,11 @@ def test_demo_and_reproduce_refuse_a_backbone_of_other_settings(tmp_path, monkey
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, "--lam", "10"])
     assert exit_info.value.code == 2 and "train.lam: 20.0 -> 10.0" in capsys.readouterr().err
+    assert main(argv) == 0  # the same command again: the backbone and the cells are reused
+    assert main([*argv, "--epochs", "2"]) == 0  # trained on: the cells of its earlier weights are replaced
+    backbone = Backbone.load(tmp_path / "repro" / "backbone" / "backbone.pt")
+    key = json.loads((tmp_path / "repro" / "cells_digits_n20" / "key.json").read_text())
+    assert backbone.info["epochs_completed"] == 2 and key["backbone_fingerprint"] == backbone.fingerprint
 
 
 def test_analyze_batch_size_prints_no_negative_death_time(capsys):

@@ -154,3 +154,23 @@ def test_comparison_std_covers_the_classes_of_its_mean(tmp_path):
     brute = full.auroc[:2].mean(axis=0).std(ddof=1)  # std over draws of the mean over classes 0 and 1
     assert [float(r["std_over_draws"]) for r in rows] == [pytest.approx(brute, abs=5e-5)] * 2
     assert [float(r["mean"]) for r in rows] == [pytest.approx(full.per_class[:2].mean(), abs=5e-5)] * 2
+
+
+def test_cells_of_an_older_corel_are_kept_by_the_way_the_refusal_names(tmp_path):
+    """A key written before data_digest and test_subset were recorded is refused (nothing can be
+    checked), but the message says how to keep the cells, and doing so reuses them."""
+    data = _codes()
+    evaluate(Recorder(), *data, n=10, draws=1, classes=[0], data_digest="d1", cells_dir=tmp_path, progress=False)
+    key = json.loads((tmp_path / "key.json").read_text())
+    (tmp_path / "key.json").write_text(json.dumps({k: v for k, v in key.items()
+                                                   if k not in ("data_digest", "test_subset")}))
+    with pytest.raises(ValueError, match="older corel, which did not record test_subset, data_digest") as refused:
+        evaluate(Recorder(), *data, n=10, draws=1, classes=[0], data_digest="d1", cells_dir=tmp_path, progress=False)
+    fragment = str(refused.value).split("keep them by adding ")[1].split(" to its key.json")[0]
+    (tmp_path / "key.json").write_text(json.dumps({**json.loads((tmp_path / "key.json").read_text()),
+                                                   **json.loads("{" + fragment + "}")}))
+    again = Recorder()
+    evaluate(again, *data, n=10, draws=1, classes=[0], data_digest="d1", cells_dir=tmp_path, progress=False)
+    assert again.seeds == []  # the stored cell is taken
+    with pytest.raises(ValueError, match=r"other settings \(data_digest: 'd1' -> 'd2'\)"):  # a known difference
+        evaluate(Recorder(), *data, n=10, draws=1, classes=[0], data_digest="d2", cells_dir=tmp_path, progress=False)

@@ -1,8 +1,9 @@
 """The paper's ablations as one resumable command: lambda x branch layout, ball radius, sample count.
 
 Every backbone of the grid is its own run folder ``<out>/backbones/<data>_<B>x<D>_lam<lambda>``
-(trained unless finished, resumed when killed, refused when its settings differ), and every
-evaluation its own folder ``<out>/evaluations/<run>/r<radius>`` with the protocol's stored cells.
+(trained unless finished, resumed when killed, trained on when ``--epochs`` grew, refused when its
+settings differ), and every evaluation its own folder ``<out>/evaluations/<run>/r<radius>`` with the
+protocol's stored cells (those of a backbone's earlier weights are replaced).
 A unit of work (one training, one evaluation) is claimed through a lock file first, so several
 processes started on one ``--out`` (one per core) share the grid without doing anything twice.
 The report (``ablation_<data>.csv/.md`` and the PNG charts) is written from whatever is finished
@@ -25,7 +26,8 @@ from corel.experiments import reports
 from corel.experiments.datasets import ImageData
 from corel.experiments.protocol import check_sample_counts
 from corel.experiments.training import TrainConfig
-from corel.experiments.workflows import encode_splits, evaluate_backbone, train_backbone
+from corel.experiments.workflows import (drop_cells_of_earlier_weights, encode_splits, evaluate_backbone,
+                                         train_backbone)
 
 log = logging.getLogger("corel")
 
@@ -106,6 +108,9 @@ def ablate(data: ImageData, out_dir: str | Path, layouts: Sequence[Layout], lams
             with claim(out / "locks" / f"{name}.r{radius:g}.lock") as mine:
                 if not mine:
                     continue
+                if Backbone.load(folder / "backbone.pt").fingerprint != backbone.fingerprint:
+                    continue  # trained on meanwhile by another process: a later pass evaluates the new weights
+                drop_cells_of_earlier_weights(where, backbone.fingerprint)
                 codes = encode_splits(backbone, data) if codes is None else codes
                 log.info("%s: evaluating radius %g at n = %s", name, radius, ", ".join(map(str, todo)))
                 evaluate_backbone(backbone, data, where, ns=tuple(todo), draws=draws, seed=seed, radius=radius,
@@ -116,7 +121,7 @@ def ablate(data: ImageData, out_dir: str | Path, layouts: Sequence[Layout], lams
 def _evaluated(path: Path, draws: int, seed: int, fingerprint: str) -> bool:
     """Whether the evaluation report ``path`` exists with these draws and seed, of the backbone with this
     fingerprint (one of others is evaluated again: its stored cells give the draws they share; another
-    seed, or a backbone trained on with more epochs, is refused there, naming the difference)."""
+    seed is refused there, naming the difference; cells of the backbone's earlier weights are replaced)."""
     if not path.exists():
         return False
     result = json.loads(path.read_text())

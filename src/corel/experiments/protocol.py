@@ -95,10 +95,7 @@ class CellStore:
         if (create or key_file.exists()) and not create_exclusive(key_file, json.dumps(key, indent=2) + "\n"):
             stored = json.loads(key_file.read_text())
             if stored != key:
-                changed = [_difference(k, stored.get(k, "(missing)"), key.get(k, "(missing)"))
-                           for k in sorted(set(stored) | set(key)) if stored.get(k) != key.get(k)]
-                raise ValueError(f"{self.directory} holds results computed with other settings ({'; '.join(changed)}); "
-                                 "use another output folder or delete it")
+                raise ValueError(_refusal(self.directory, stored, key))
 
     def _path(self, cls: int, draw: int) -> Path:
         return self.directory / f"class{cls}_draw{draw}.json"
@@ -114,6 +111,22 @@ class CellStore:
 
     def put(self, cls: int, draw: int, auroc: float, seconds: float) -> None:
         atomic_write_json(self._path(cls, draw), {"class": cls, "draw": draw, "auroc": auroc, "seconds": seconds})
+
+
+def _refusal(directory: Path, stored: dict, key: dict) -> str:
+    """Why the cells in ``directory`` (key ``stored``) are not taken for ``key``, and what to do."""
+    unrecorded = {k: v for k, v in key.items() if k not in stored}
+    if stored == {k: v for k, v in key.items() if k in stored}:
+        # an older corel's key lacks what this one records (data_digest, test_subset): nothing differs that is
+        # known, but nothing can be checked either; hours of cells are kept by saying they match
+        return (f"{directory} was written by an older corel, which did not record {', '.join(unrecorded)}: its cells "
+                "cannot be checked against this run. If they were computed on this same data (and test subset), "
+                f"keep them by adding {json.dumps(unrecorded)[1:-1]} to its key.json; else delete it or use another "
+                "output folder")
+    changed = [_difference(k, stored.get(k, "(missing)"), key.get(k, "(missing)"))
+               for k in sorted(set(stored) | set(key)) if stored.get(k) != key.get(k)]
+    return (f"{directory} holds results computed with other settings ({'; '.join(changed)}); "
+            "use another output folder or delete it")
 
 
 def _difference(name: str, stored: object, wanted: object) -> str:

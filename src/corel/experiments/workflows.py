@@ -3,7 +3,10 @@ compare with the baselines, analyse densification, demo."""
 
 from __future__ import annotations
 
+import json
+import logging
 import platform
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +101,19 @@ def evaluate_backbone(backbone: Backbone, data: ImageData, out_dir: str | Path |
     return results
 
 
+def drop_cells_of_earlier_weights(where: Path, fingerprint: str) -> None:
+    """Removes the stored cells (:func:`evaluate_backbone` with ``cells``) in ``where`` of another backbone
+    than the one with ``fingerprint``: for ``corel reproduce`` and ``corel ablate``, whose run folder trained
+    on since (a rerun with more --epochs), the weights they were computed with are gone, and the cells
+    could only refuse every later evaluation of the run."""
+    for key_file in where.glob("cells_*/key.json"):
+        stale = json.loads(key_file.read_text()).get("backbone_fingerprint")
+        if stale != fingerprint:
+            logging.getLogger("corel").info("%s: cells of earlier weights of this backbone (%s) are replaced",
+                                            key_file.parent, stale)
+            shutil.rmtree(key_file.parent)
+
+
 def class_reports(backbone: Backbone, data: ImageData, out_dir: str | Path, *, n: int = 120, seed: int = 0,
                   radius: float | None = None, codes: EncodedSplits | None = None) -> list[Path]:
     """One HTML report per class (:func:`corel.experiments.reports.html`): the detector of the
@@ -139,6 +155,7 @@ def reproduce(name: str, out_dir: str | Path, data_dir: str | Path | None = None
     mc = model_config or default_model_config(train_data, **(architecture or {}))
     backbone = train_backbone(train_data, out / "backbone", mc, config, resume=True, progress=progress,
                               **trainer_kwargs)
+    drop_cells_of_earlier_weights(out, backbone.fingerprint)  # (--epochs grew: the backbone trained on)
     results = evaluate_backbone(backbone, eval_data, out, ns=ns, draws=draws, seed=seed, cells=True, progress=progress)
     rows = [[n, f"{r.mean:.2f}", f"{r.std_over_draws:.2f}",
              f"{proto.published_mean:.2f}" if proto.published_mean is not None and n == 120 else "-"]
