@@ -175,3 +175,18 @@ def test_exclusive_creation_without_hard_links(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "link", no_links)
     assert create_exclusive(tmp_path / "lock", "a") and not create_exclusive(tmp_path / "lock", "b")
     assert (tmp_path / "lock").read_text() == "a" and [p.name for p in tmp_path.iterdir()] == ["lock"]
+
+
+def test_one_device_per_process(tmp_path, digits, monkeypatch):
+    """Lightning's DDP reran the command per device and those processes skipped the claimed grid while
+    the first waited for them for ever: several devices are refused before any work, "auto" is one."""
+    for devices, nodes in ((2, 1), (-1, 1), ([0, 1], 1), (1, 2)):
+        with pytest.raises(ValueError, match="one ablate per device on the same --out"):
+            ablate(digits, tmp_path, model_config=default_model_config(digits), config=TrainConfig(epochs=1),
+                   progress=False, devices=devices, num_nodes=nodes, **GRID)
+        assert not tmp_path.exists() or not any(tmp_path.iterdir())
+    trained = []
+    monkeypatch.setattr(ablation, "train_backbone", lambda *args, **kwargs: trained.append(kwargs["devices"]))
+    ablate(digits, tmp_path, model_config=default_model_config(digits), config=TrainConfig(epochs=1),
+           progress=False, devices="auto", **{**GRID, "layouts": [Layout(2, 3)], "lams": [1.0]})
+    assert trained == [1]

@@ -66,6 +66,20 @@ def _evaluation_dir(out: Path, run: str, radius: float) -> Path:
     return out / "evaluations" / run / f"r{radius:g}"
 
 
+def _one_device(trainer_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``trainer_kwargs`` with one device: "auto" (all GPUs) becomes 1, more is refused.  Lightning's
+    DDP reruns the whole command in one process per device, and those processes, finding the
+    grid's units claimed by the first, skipped them while the first waited for them for ever."""
+    devices, nodes = trainer_kwargs.get("devices", "auto"), trainer_kwargs.get("num_nodes", 1)
+    if devices == "auto":
+        devices = 1
+    if nodes != 1 or devices == -1 or (isinstance(devices, int) and devices > 1) \
+            or (isinstance(devices, list) and len(devices) > 1):
+        raise ValueError("corel ablate trains each backbone on one device; to use several, start one ablate per "
+                         "device on the same --out (e.g. CUDA_VISIBLE_DEVICES=1 corel ablate ...): they share the grid")
+    return {**trainer_kwargs, "devices": devices}
+
+
 def ablate(data: ImageData, out_dir: str | Path, layouts: Sequence[Layout], lams: Sequence[float], *,
            model_config: AutoencoderConfig, config: TrainConfig, radii: Sequence[float] = (),
            ns: Sequence[int] = (REFERENCE_N,), draws: int = 5, seed: int = 0, progress: bool = True,
@@ -76,8 +90,11 @@ def ablate(data: ImageData, out_dir: str | Path, layouts: Sequence[Layout], lams
     report's Markdown path.
 
     Units another process is working on are left to it; this call then reports what is finished.
+    Each backbone trains on one device (``devices="auto"`` means one here): several processes, one
+    per device, share the grid instead.
     """
     check_sample_counts(data.y_train, ns)  # before hours of training
+    trainer_kwargs = _one_device(trainer_kwargs)
     out = Path(out_dir)
     cells = [(layout, lam) for layout in layouts for lam in lams]
     for layout, lam in cells:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 
 from corel.detection.backbone import Backbone
 from corel.detection.detector import OneClassDetector
@@ -141,7 +142,8 @@ def reproduce(name: str, out_dir: str | Path, data_dir: str | Path | None = None
               progress: bool = True, **trainer_kwargs) -> dict[int, ProtocolResult]:
     """Runs a named :data:`PROTOCOLS` entry end to end: trains the backbone into out_dir/backbone (a
     killed training resumes, a finished one is reused, one with other settings is refused), then
-    evaluates for each n in ``ns``, keeping each finished cell (a killed evaluation resumes).
+    evaluates for each n in ``ns``, keeping each finished cell (a killed evaluation resumes).  With
+    several devices, the processes Lightning starts for the others return {} after the training.
     ``model_config`` defaults to :func:`default_model_config` of the training data with the keyword
     arguments ``architecture`` (branches, branch_dim, filters, arch, init)."""
     if name not in PROTOCOLS:
@@ -155,6 +157,8 @@ def reproduce(name: str, out_dir: str | Path, data_dir: str | Path | None = None
     mc = model_config or default_model_config(train_data, **(architecture or {}))
     backbone = train_backbone(train_data, out / "backbone", mc, config, resume=True, progress=progress,
                               **trainer_kwargs)
+    if rank_zero_only.rank != 0:  # a process Lightning started for another device: its training is done
+        return {}
     drop_cells_of_earlier_weights(out, backbone.fingerprint)  # (--epochs grew: the backbone trained on)
     results = evaluate_backbone(backbone, eval_data, out, ns=ns, draws=draws, seed=seed, cells=True, progress=progress)
     rows = [[n, f"{r.mean:.2f}", f"{r.std_over_draws:.2f}",
@@ -177,7 +181,8 @@ def demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, seed: int = 
     for label, lam in (("lambda=1", 1.0), ("lambda=0", 0.0)):
         config = TrainConfig(epochs=epochs, batch_size=50, lr=1e-3, eta=1.0, lam=lam, seed=seed)
         run = out / label.replace("=", "")  # resumed or reused; another seed or --quick there is refused
-        backbone = train_backbone(data, run, model_config, config, resume=True, progress=progress)
+        # one device: on a machine with several GPUs "auto" would start a process per GPU for digits
+        backbone = train_backbone(data, run, model_config, config, resume=True, progress=progress, devices=1)
         results[label] = evaluate_backbone(backbone, data, run, ns=(n,), draws=draws, seed=seed, progress=progress,
                                            method=label)[n]
     reports.plot_auroc_bars(results, out / "auroc_digits.png", title=f"one-class AUROC on digits, n={n}")
