@@ -136,6 +136,9 @@ def test_dagmm_energy_is_the_mixture_negative_log_density():
     density = sum(phi[k].item() * scipy.stats.multivariate_normal(mu[k].numpy(), sigma[k].numpy()).pdf(z.numpy())
                   for k in range(2))
     np.testing.assert_allclose(sample_energy(z, phi, mu, sigma).numpy(), -np.log(density), rtol=1e-10)
+    # a covariance that is not positive definite (a diverged training's codes): a ValueError in words
+    with pytest.raises(ValueError, match="not positive definite.*diverge"):
+        sample_energy(z, phi, mu, sigma - 10 * torch.eye(3, dtype=sigma.dtype))
 
 
 # ---- GEOM's transformations and Dirichlet --------------------------------------------------------

@@ -57,7 +57,10 @@ def gmm_parameters(z: Tensor, gamma: Tensor, jitter: float) -> tuple[Tensor, Ten
 
 def sample_energy(z: Tensor, phi: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
     """-log sum_k phi_k N(z; mu_k, sigma_k) per sample: (N, D) -> (N,), via Cholesky and log-sum-exp."""
-    chol = torch.linalg.cholesky(sigma)  # (K, D, D)
+    chol, info = torch.linalg.cholesky_ex(sigma)  # (K, D, D); info (K,) > 0 where not positive definite
+    if info.any():  # (the check torch.linalg.cholesky makes, with our words instead of a LinAlgError)
+        raise ValueError("DAGMM: a mixture covariance is not positive definite (NaN or collapsed codes: did the "
+                         "training diverge? try a lower lr or a larger jitter)")
     centred = (z[None] - mu[:, None]).transpose(1, 2)  # (K, D, N)
     whitened = torch.linalg.solve_triangular(chol, centred, upper=False)
     mahalanobis = whitened.pow(2).sum(dim=1)  # (K, N)
