@@ -41,7 +41,7 @@ from corel.topology import (
     tolerance_for_batch_size,
 )
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # name -> module that defines it, imported on first access (PEP 562)
 _LAZY = {

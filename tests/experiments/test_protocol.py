@@ -164,7 +164,7 @@ def test_cells_of_an_older_corel_are_kept_by_the_way_the_refusal_names(tmp_path)
     key = json.loads((tmp_path / "key.json").read_text())
     (tmp_path / "key.json").write_text(json.dumps({k: v for k, v in key.items()
                                                    if k not in ("data_digest", "test_subset")}))
-    with pytest.raises(ValueError, match="older corel, which did not record test_subset, data_digest") as refused:
+    with pytest.raises(ValueError, match=r"older corel \(before 0.3\), which did not record test_subset, data_digest") as refused:
         evaluate(Recorder(), *data, n=10, draws=1, classes=[0], data_digest="d1", cells_dir=tmp_path, progress=False)
     fragment = str(refused.value).split("keep them by adding ")[1].split(" to its key.json")[0]
     (tmp_path / "key.json").write_text(json.dumps({**json.loads((tmp_path / "key.json").read_text()),

@@ -119,7 +119,7 @@ def _refusal(directory: Path, stored: dict, key: dict) -> str:
     if stored == {k: v for k, v in key.items() if k in stored}:
         # an older corel's key lacks what this one records (data_digest, test_subset): nothing differs that is
         # known, but nothing can be checked either; hours of cells are kept by saying they match
-        return (f"{directory} was written by an older corel, which did not record {', '.join(unrecorded)}: its cells "
+        return (f"{directory} was written by an older corel (before 0.3), which did not record {', '.join(unrecorded)}: its cells "
                 "cannot be checked against this run. If they were computed on this same data (and test subset), "
                 f"keep them by adding {json.dumps(unrecorded)[1:-1]} to its key.json; else delete it or use another "
                 "output folder")
