@@ -549,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draws", type=_int_at_least(1), default=5, help="random draws per class")
     p.add_argument("--out", type=_output_folder, required=True,
                    help="the ablation folder: every finished training and evaluation is kept there, so a rerun "
-                        "continues; several processes may share it")
+                        "continues; several processes may share it (each trains on one device: start one per GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_ablate)
 
