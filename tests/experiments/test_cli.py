@@ -73,6 +73,10 @@ def test_an_interruption_says_how_to_continue(monkeypatch, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["ablate", "--data", "digits", "--out", str(tmp_path)])
     assert exit_info.value.code == 130 and "kept in --out: run the same command" in capsys.readouterr().err
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a process Lightning started for a second device: the first one speaks
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--out", str(tmp_path)])
+    assert exit_info.value.code == 130 and capsys.readouterr().err == ""
 
 
 def test_help_states_the_defaults(capsys):

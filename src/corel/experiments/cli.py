@@ -603,7 +603,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # (an interrupted training has said where it stopped and how to go on)
         kept = args.command in {"reproduce", "compare", "ablate", "demo"}  # those that resume from --out
         again = "; finished work is kept in --out: run the same command to continue" if kept else ""
-        parser.exit(130, f"corel {args.command}: interrupted{again}\n")
+        # the processes Lightning started for other devices (LOCAL_RANK or NODE_RANK > 0) leave the word to the first
+        first = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+        parser.exit(130, f"corel {args.command}: interrupted{again}\n" if first else None)
 
 
 if __name__ == "__main__":
