@@ -81,6 +81,18 @@ def test_threshold_and_essential_classes_equal_gudhi(rng, threshold):
         assert diagrams[1].essential.shape == (1,)
 
 
+@pytest.mark.parametrize("threshold", [math.inf, 1.0])
+def test_nonzero_diagonal_is_ignored_in_every_dimension(rng, threshold):
+    # giotto-ph reads a nonzero diagonal as vertex births: it had paired a class with a death edge
+    # shorter than its birth (seed 1, trial 12 of this loop, death 0.74 < birth 0.84)
+    for _ in range(20):
+        x = rng.normal(size=(12, 2))
+        dist = cdist(x, x)
+        with_diagonal = dist + np.diag(rng.uniform(0, 3, 12))
+        diagrams = rips_persistence_from_distances(torch.from_numpy(with_diagonal), 2, threshold=threshold)
+        assert_equal_to_gudhi(diagrams, gudhi_diagrams(dist, 2, threshold))
+
+
 @pytest.mark.parametrize("metric", ["l1", "l2", 3.0])
 def test_every_dimension_applies_one_threshold(metric):
     """A square of float32 side 0.1f (0.1000000015 exactly) at threshold 0.1: dimension 0 compared

@@ -109,6 +109,9 @@ def higher_diagrams(data: Tensor, metric: Metric | None, max_dimension: int,
 
         values = all_lengths(data, metric)  # the values births and deaths are gathered from
     values = values.to(device="cpu", dtype=torch.float64)
+    # the diagonal is ignored, as in dimension 0: giotto-ph would read it as vertex births, and a
+    # nonzero one paired classes with death edges shorter than their births
+    values = torch.where(torch.eye(values.shape[0], dtype=torch.bool), 0.0, values)
     inside = None if threshold == math.inf else (values <= threshold).numpy()  # exact, as in dimension 0
     # the engine sees the values divided by a power of two (exact), near 1: it works in float32,
     # where 1e-163 or 1e150 would come out 0 or inf
