@@ -289,3 +289,20 @@ def test_persistence_pairs_accepts_every_result(rng):
         with pytest.raises(ValueError):
             persistence_pairs(bad)
     assert isinstance(diagrams[0], Diagram)
+
+
+@pytest.mark.parametrize("metric", ["l2", None])
+def test_torch_func_grad_and_jacrev_equal_autograd(rng, metric):
+    # the engine reads the lengths on the host, which a tensor wrapped by torch.func had refused
+    x = torch.from_numpy(noisy_circle(rng))
+    data = x if metric else torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+
+    def loss(data: torch.Tensor) -> torch.Tensor:
+        diagrams = rips_persistence(data, metric, 2) if metric else rips_persistence_from_distances(data, 2)
+        return (diagrams[1].pairs[:, 1] - diagrams[1].pairs[:, 0]).pow(2).sum()
+
+    leaf = data.clone().requires_grad_()
+    expected, = torch.autograd.grad(loss(leaf), leaf)
+    assert expected.abs().sum() > 0
+    torch.testing.assert_close(torch.func.grad(loss)(data), expected, rtol=0, atol=0)
+    torch.testing.assert_close(torch.func.jacrev(loss)(data), expected, rtol=0, atol=0)

@@ -94,6 +94,26 @@ def _engine_diagrams(dist: np.ndarray, max_dimension: int, inside: np.ndarray | 
     return diagrams
 
 
+def _engine_input(values: Tensor, threshold: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """What the engine reads of the lengths ``values`` (n, n): the float64 matrix divided by a power of
+    two (exact) near 1, as giotto-ph works in float32, where 1e-163 or 1e150 would come out 0 or inf,
+    and which edges lie inside ``threshold`` ((n, n) bool, exact, as in dimension 0; None: all).
+
+    The diagonal is ignored, as in dimension 0: giotto-ph would read it as vertex births (a nonzero
+    one paired classes with death edges shorter than their births).  Under ``torch.func.grad`` and
+    ``jacrev`` the values are unwrapped and read with the transforms off (a wrapped tensor refuses
+    to be read on the host; ``vmap`` stops earlier, at the input checks)."""
+    functorch = torch._C._functorch
+    with torch._C._DisableFuncTorch():
+        while functorch.is_functorch_wrapped_tensor(values):
+            values = functorch.get_unwrapped(values)
+        values = values.to(device="cpu", dtype=torch.float64)
+        values = torch.where(torch.eye(values.shape[0], dtype=torch.bool), 0.0, values)
+        inside = None if threshold == math.inf else (values <= threshold).numpy()
+        scale = float(power_of_two_scale(values[None, :, :])[0])
+        return (values / scale).numpy(), inside
+
+
 def higher_diagrams(data: Tensor, metric: Metric | None, max_dimension: int,
                      threshold: float) -> list[Diagram]:
     """Dimensions 1..max_dimension of one cloud (n, d) under ``metric``, or of one distance matrix
@@ -108,15 +128,8 @@ def higher_diagrams(data: Tensor, metric: Metric | None, max_dimension: int,
             return edge_lengths(data, edges, metric)
 
         values = all_lengths(data, metric)  # the values births and deaths are gathered from
-    values = values.to(device="cpu", dtype=torch.float64)
-    # the diagonal is ignored, as in dimension 0: giotto-ph would read it as vertex births, and a
-    # nonzero one paired classes with death edges shorter than their births
-    values = torch.where(torch.eye(values.shape[0], dtype=torch.bool), 0.0, values)
-    inside = None if threshold == math.inf else (values <= threshold).numpy()  # exact, as in dimension 0
-    # the engine sees the values divided by a power of two (exact), near 1: it works in float32,
-    # where 1e-163 or 1e150 would come out 0 or inf
-    scale = float(power_of_two_scale(values[None, :, :])[0])
-    return _engine_diagrams((values / scale).numpy(), max_dimension, inside, lengths, data.device)
+    dist, inside = _engine_input(values, threshold)
+    return _engine_diagrams(dist, max_dimension, inside, lengths, data.device)
 
 
 def _per_cloud(batch: torch.Size, diagrams_of: Callable[[tuple], list[Diagram]]) -> list:
