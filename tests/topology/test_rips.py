@@ -306,3 +306,14 @@ def test_torch_func_grad_and_jacrev_equal_autograd(rng, metric):
     assert expected.abs().sum() > 0
     torch.testing.assert_close(torch.func.grad(loss)(data), expected, rtol=0, atol=0)
     torch.testing.assert_close(torch.func.jacrev(loss)(data), expected, rtol=0, atol=0)
+
+
+def test_threshold_may_be_a_0d_tensor(rng):
+    # as max_ball_diameter may: a threshold computed as a quantile of the distances had been refused
+    x = torch.from_numpy(noisy_circle(rng))
+    threshold = torch.cdist(x, x).quantile(0.3)
+    for a, b in zip(rips_persistence(x, "l2", 1, threshold=threshold),
+                    rips_persistence(x, "l2", 1, threshold=float(threshold))):
+        assert torch.equal(a.pairs, b.pairs) and torch.equal(a.essential, b.essential)
+    with pytest.raises(ValueError, match="threshold"):
+        rips_persistence(x, "l2", 1, threshold=torch.tensor([1.0, 2.0]))

@@ -31,6 +31,7 @@ from corel.topology.distances import (
     check_points,
     edge_lengths,
     metric_order,
+    plain_number,
     power_of_two_scale,
 )
 from corel.topology.h0 import h0_persistence, h0_persistence_from_distances
@@ -55,6 +56,7 @@ def check_max_dimension(max_dimension: Any) -> int:
 
 
 def _check_threshold(threshold: Any) -> float:
+    threshold = plain_number(threshold)  # a 0-d tensor too, e.g. a quantile of the distances
     if isinstance(threshold, bool) or not isinstance(threshold, Real) or not threshold >= 0:
         raise ValueError(f"threshold must be a number >= 0 (math.inf for none), got {threshold!r}")
     return float(threshold)
