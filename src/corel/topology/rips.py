@@ -15,7 +15,6 @@ the distances in the input's dtype at the paired edges.
 from __future__ import annotations
 
 import math
-from numbers import Real
 from typing import Any, Callable
 
 import numpy as np
@@ -30,8 +29,8 @@ from corel.topology.distances import (
     all_lengths,
     check_points,
     edge_lengths,
+    check_threshold,
     metric_order,
-    plain_number,
     power_of_two_scale,
 )
 from corel.topology.h0 import h0_persistence, h0_persistence_from_distances
@@ -53,13 +52,6 @@ def _engine() -> Callable[..., dict]:
 def check_max_dimension(max_dimension: Any) -> int:
     check_ints(0, max_dimension=max_dimension)
     return int(max_dimension)
-
-
-def _check_threshold(threshold: Any) -> float:
-    threshold = plain_number(threshold)  # a 0-d tensor too, e.g. a quantile of the distances
-    if isinstance(threshold, bool) or not isinstance(threshold, Real) or not threshold >= 0:
-        raise ValueError(f"threshold must be a number >= 0 (math.inf for none), got {threshold!r}")
-    return float(threshold)
 
 
 def _sorted_pairs(births: Tensor, deaths: Tensor, birth_edges: Tensor, death_edges: Tensor) -> tuple:
@@ -173,7 +165,7 @@ def rips_persistence(points: Tensor, metric: Metric = "l1", max_dimension: int =
     check_points(points)
     p = metric_order(metric)
     max_dimension = check_max_dimension(max_dimension)
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
     if max_dimension:
         _engine()
     return _diagrams(h0_persistence(points, p), points, p, max_dimension, threshold)
@@ -187,7 +179,7 @@ def rips_persistence_from_distances(dist: Tensor, max_dimension: int = 1, *,
     """
     check_distance_matrix(dist)
     max_dimension = check_max_dimension(max_dimension)
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
     if max_dimension:
         _engine()
     return _diagrams(h0_persistence_from_distances(dist), dist, None, max_dimension, threshold)
