@@ -317,3 +317,21 @@ def test_threshold_may_be_a_0d_tensor(rng):
         assert torch.equal(a.pairs, b.pairs) and torch.equal(a.essential, b.essential)
     with pytest.raises(ValueError, match="threshold"):
         rips_persistence(x, "l2", 1, threshold=torch.tensor([1.0, 2.0]))
+
+
+@pytest.mark.parametrize("metric", ["l1", "l2", "linf", 3.0])
+def test_vectorized_jacobian_and_hessian_equal_the_looped_ones(rng, metric):
+    # vectorize=True batches the backward with torch's legacy vmap, which had no rule for flatten
+    x = torch.from_numpy(noisy_circle(rng, n=10))
+
+    def values(x: torch.Tensor) -> torch.Tensor:
+        diagrams = rips_persistence(x, metric, 1)
+        return torch.cat([diagrams[0].pairs[:, 1], diagrams[1].pairs.reshape(-1)])
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        return values(x).pow(2).sum()
+
+    jacobian = torch.autograd.functional.jacobian
+    hessian = torch.autograd.functional.hessian
+    torch.testing.assert_close(jacobian(values, x, vectorize=True), jacobian(values, x), rtol=0, atol=0)
+    torch.testing.assert_close(hessian(loss, x, vectorize=True), hessian(loss, x))

@@ -354,7 +354,7 @@ def _edge_gradient(scaled: Tensor, edges: Tensor, lengths: Tensor | None, p: flo
     (of any scale), weighted by ``grad`` (B, k): one closed form per edge, +- onto its end points."""
     batch, n, d = scaled.shape
     per_edge = _length_gradient(edge_vectors(scaled, edges), lengths, p) * grad[..., None]
-    both = torch.stack((per_edge, -per_edge), dim=2).flatten(1, 2)  # onto i0, j0, i1, j1, ...
+    both = torch.stack((per_edge, -per_edge), dim=2).reshape(batch, -1, d)  # onto i0, j0, i1, j1, ...
     # out of place: under torch.func's vmap the incoming gradient may be batched where the cloud is not
     return torch.zeros_like(scaled).scatter_add(1, edges.reshape(batch, -1, 1).expand(-1, -1, d), both)
 
