@@ -335,3 +335,15 @@ def test_vectorized_jacobian_and_hessian_equal_the_looped_ones(rng, metric):
     hessian = torch.autograd.functional.hessian
     torch.testing.assert_close(jacobian(values, x, vectorize=True), jacobian(values, x), rtol=0, atol=0)
     torch.testing.assert_close(hessian(loss, x, vectorize=True), hessian(loss, x))
+
+
+def test_higher_dimensions_refuse_vmap(rng):
+    # unwrapping a batched tensor would hand the engine the whole batch as one matrix
+    from corel.topology.rips import higher_diagrams
+
+    x = rng.normal(size=(3, 8, 2))
+    dist = torch.from_numpy(np.stack([cdist(c, c) for c in x]))
+    with pytest.raises(ValueError, match="vmap"):
+        torch.vmap(lambda d: higher_diagrams(d, None, 1, math.inf)[0].pairs.sum())(dist)
+    with pytest.raises(ValueError, match="vmap"):
+        torch.vmap(torch.func.grad(lambda d: higher_diagrams(d, None, 1, math.inf)[0].pairs.sum()))(dist)

@@ -96,10 +96,13 @@ def _engine_input(values: Tensor, threshold: float) -> tuple[np.ndarray, np.ndar
     The diagonal is ignored, as in dimension 0: giotto-ph would read it as vertex births (a nonzero
     one paired classes with death edges shorter than their births).  Under ``torch.func.grad`` and
     ``jacrev`` the values are unwrapped and read with the transforms off (a wrapped tensor refuses
-    to be read on the host; ``vmap`` stops earlier, at the input checks)."""
+    to be read on the host); under ``vmap`` a ValueError."""
     functorch = torch._C._functorch
     with torch._C._DisableFuncTorch():
         while functorch.is_functorch_wrapped_tensor(values):
+            if functorch.is_batchedtensor(values):  # unwrapped, the whole batch would read as one matrix
+                raise ValueError("persistence in dimension >= 1 cannot run under vmap (each cloud's diagrams "
+                                 "have their own sizes): pass the clouds as a batch (..., n, d)")
             values = functorch.get_unwrapped(values)
         values = values.to(device="cpu", dtype=torch.float64)
         values = torch.where(torch.eye(values.shape[0], dtype=torch.bool), 0.0, values)
