@@ -549,3 +549,11 @@ def test_unchecked_call_never_waits_for_the_device(rng, monkeypatch, host_reads_
     assert torch.equal(res.deaths, h0_persistence(x, "l1").deaths)
     good = [k for k in range(16) if k not in (5, 9)]
     assert deaths[[5, 9]].isnan().all() and torch.equal(deaths[good], res.deaths[good])
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), -1.0, "1", True])
+def test_h0_diagram_refuses_a_bad_threshold(threshold):
+    # NaN or a negative threshold had silently left every class essential
+    with pytest.raises(ValueError, match="threshold"):
+        h0_persistence(torch.randn(6, 2)).diagram(threshold)
+    assert h0_persistence(torch.randn(6, 2)).diagram(torch.tensor(0.0)).essential.shape == (6,)

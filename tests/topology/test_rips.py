@@ -81,6 +81,18 @@ def test_threshold_and_essential_classes_equal_gudhi(rng, threshold):
         assert diagrams[1].essential.shape == (1,)
 
 
+@pytest.mark.parametrize("threshold", [math.inf, 1.0])
+def test_nonzero_diagonal_is_ignored_in_every_dimension(rng, threshold):
+    # giotto-ph reads a nonzero diagonal as vertex births: it had paired a class with a death edge
+    # shorter than its birth (seed 1, trial 12 of this loop, death 0.74 < birth 0.84)
+    for _ in range(20):
+        x = rng.normal(size=(12, 2))
+        dist = cdist(x, x)
+        with_diagonal = dist + np.diag(rng.uniform(0, 3, 12))
+        diagrams = rips_persistence_from_distances(torch.from_numpy(with_diagonal), 2, threshold=threshold)
+        assert_equal_to_gudhi(diagrams, gudhi_diagrams(dist, 2, threshold))
+
+
 @pytest.mark.parametrize("metric", ["l1", "l2", 3.0])
 def test_every_dimension_applies_one_threshold(metric):
     """A square of float32 side 0.1f (0.1000000015 exactly) at threshold 0.1: dimension 0 compared
@@ -277,3 +289,61 @@ def test_persistence_pairs_accepts_every_result(rng):
         with pytest.raises(ValueError):
             persistence_pairs(bad)
     assert isinstance(diagrams[0], Diagram)
+
+
+@pytest.mark.parametrize("metric", ["l2", None])
+def test_torch_func_grad_and_jacrev_equal_autograd(rng, metric):
+    # the engine reads the lengths on the host, which a tensor wrapped by torch.func had refused
+    x = torch.from_numpy(noisy_circle(rng))
+    data = x if metric else torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+
+    def loss(data: torch.Tensor) -> torch.Tensor:
+        diagrams = rips_persistence(data, metric, 2) if metric else rips_persistence_from_distances(data, 2)
+        return (diagrams[1].pairs[:, 1] - diagrams[1].pairs[:, 0]).pow(2).sum()
+
+    leaf = data.clone().requires_grad_()
+    expected, = torch.autograd.grad(loss(leaf), leaf)
+    assert expected.abs().sum() > 0
+    torch.testing.assert_close(torch.func.grad(loss)(data), expected, rtol=0, atol=0)
+    torch.testing.assert_close(torch.func.jacrev(loss)(data), expected, rtol=0, atol=0)
+
+
+def test_threshold_may_be_a_0d_tensor(rng):
+    # as max_ball_diameter may: a threshold computed as a quantile of the distances had been refused
+    x = torch.from_numpy(noisy_circle(rng))
+    threshold = torch.cdist(x, x).quantile(0.3)
+    for a, b in zip(rips_persistence(x, "l2", 1, threshold=threshold),
+                    rips_persistence(x, "l2", 1, threshold=float(threshold))):
+        assert torch.equal(a.pairs, b.pairs) and torch.equal(a.essential, b.essential)
+    with pytest.raises(ValueError, match="threshold"):
+        rips_persistence(x, "l2", 1, threshold=torch.tensor([1.0, 2.0]))
+
+
+@pytest.mark.parametrize("metric", ["l1", "l2", "linf", 3.0])
+def test_vectorized_jacobian_and_hessian_equal_the_looped_ones(rng, metric):
+    # vectorize=True batches the backward with torch's legacy vmap, which had no rule for flatten
+    x = torch.from_numpy(noisy_circle(rng, n=10))
+
+    def values(x: torch.Tensor) -> torch.Tensor:
+        diagrams = rips_persistence(x, metric, 1)
+        return torch.cat([diagrams[0].pairs[:, 1], diagrams[1].pairs.reshape(-1)])
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        return values(x).pow(2).sum()
+
+    jacobian = torch.autograd.functional.jacobian
+    hessian = torch.autograd.functional.hessian
+    torch.testing.assert_close(jacobian(values, x, vectorize=True), jacobian(values, x), rtol=0, atol=0)
+    torch.testing.assert_close(hessian(loss, x, vectorize=True), hessian(loss, x))
+
+
+def test_higher_dimensions_refuse_vmap(rng):
+    # unwrapping a batched tensor would hand the engine the whole batch as one matrix
+    from corel.topology.rips import higher_diagrams
+
+    x = rng.normal(size=(3, 8, 2))
+    dist = torch.from_numpy(np.stack([cdist(c, c) for c in x]))
+    with pytest.raises(ValueError, match="vmap"):
+        torch.vmap(lambda d: higher_diagrams(d, None, 1, math.inf)[0].pairs.sum())(dist)
+    with pytest.raises(ValueError, match="vmap"):
+        torch.vmap(torch.func.grad(lambda d: higher_diagrams(d, None, 1, math.inf)[0].pairs.sum()))(dist)

@@ -15,6 +15,8 @@ from typing import Any, NamedTuple, Sequence
 import torch
 from torch import Tensor
 
+from corel.topology.distances import check_threshold
+
 
 class Diagram(NamedTuple):
     """Persistence of one homology dimension of one cloud, in the units of the metric.
@@ -54,6 +56,7 @@ class H0(NamedTuple):
         never enter, so each leaves one more essential class."""
         if self.deaths.ndim != 1:
             raise ValueError(f"expected the H0 of one cloud, got deaths of shape {tuple(self.deaths.shape)}")
+        threshold = check_threshold(threshold)  # NaN or a negative one had left every class essential
         n = self.deaths.shape[0] + 1
         keep = self.deaths.detach().double() <= threshold  # exact: a float32 cast of the threshold could let in more
         deaths, edges = self.deaths[keep], self.edges[keep]

@@ -4,6 +4,7 @@ differentiable edge lengths."""
 from __future__ import annotations
 
 import math
+from numbers import Real
 from typing import Any, Union
 
 import torch
@@ -61,6 +62,15 @@ def traced(x: Tensor) -> bool:
     """Whether ``x`` flows through torch.compile or a torch.func transform (vmap, jacrev, grad):
     there nothing may read a value on the host, and compiled kernels cannot see the data."""
     return torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
+def check_threshold(threshold: Any) -> float:
+    """A filtration threshold: a number >= 0 (a 0-d tensor too, e.g. a quantile of the distances;
+    math.inf for none), else ValueError."""
+    threshold = plain_number(threshold)
+    if isinstance(threshold, bool) or not isinstance(threshold, Real) or not threshold >= 0:
+        raise ValueError(f"threshold must be a number >= 0 (math.inf for none), got {threshold!r}")
+    return float(threshold)
 
 
 def check_scale(value: Any, name: str) -> float:
@@ -344,7 +354,7 @@ def _edge_gradient(scaled: Tensor, edges: Tensor, lengths: Tensor | None, p: flo
     (of any scale), weighted by ``grad`` (B, k): one closed form per edge, +- onto its end points."""
     batch, n, d = scaled.shape
     per_edge = _length_gradient(edge_vectors(scaled, edges), lengths, p) * grad[..., None]
-    both = torch.stack((per_edge, -per_edge), dim=2).flatten(1, 2)  # onto i0, j0, i1, j1, ...
+    both = torch.stack((per_edge, -per_edge), dim=2).reshape(batch, -1, d)  # onto i0, j0, i1, j1, ...
     # out of place: under torch.func's vmap the incoming gradient may be batched where the cloud is not
     return torch.zeros_like(scaled).scatter_add(1, edges.reshape(batch, -1, 1).expand(-1, -1, d), both)
 

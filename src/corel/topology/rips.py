@@ -15,7 +15,6 @@ the distances in the input's dtype at the paired edges.
 from __future__ import annotations
 
 import math
-from numbers import Real
 from typing import Any, Callable
 
 import numpy as np
@@ -30,6 +29,7 @@ from corel.topology.distances import (
     all_lengths,
     check_points,
     edge_lengths,
+    check_threshold,
     metric_order,
     power_of_two_scale,
 )
@@ -52,12 +52,6 @@ def _engine() -> Callable[..., dict]:
 def check_max_dimension(max_dimension: Any) -> int:
     check_ints(0, max_dimension=max_dimension)
     return int(max_dimension)
-
-
-def _check_threshold(threshold: Any) -> float:
-    if isinstance(threshold, bool) or not isinstance(threshold, Real) or not threshold >= 0:
-        raise ValueError(f"threshold must be a number >= 0 (math.inf for none), got {threshold!r}")
-    return float(threshold)
 
 
 def _sorted_pairs(births: Tensor, deaths: Tensor, birth_edges: Tensor, death_edges: Tensor) -> tuple:
@@ -94,6 +88,29 @@ def _engine_diagrams(dist: np.ndarray, max_dimension: int, inside: np.ndarray | 
     return diagrams
 
 
+def _engine_input(values: Tensor, threshold: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """What the engine reads of the lengths ``values`` (n, n): the float64 matrix divided by a power of
+    two (exact) near 1, as giotto-ph works in float32, where 1e-163 or 1e150 would come out 0 or inf,
+    and which edges lie inside ``threshold`` ((n, n) bool, exact, as in dimension 0; None: all).
+
+    The diagonal is ignored, as in dimension 0: giotto-ph would read it as vertex births (a nonzero
+    one paired classes with death edges shorter than their births).  Under ``torch.func.grad`` and
+    ``jacrev`` the values are unwrapped and read with the transforms off (a wrapped tensor refuses
+    to be read on the host); under ``vmap`` a ValueError."""
+    functorch = torch._C._functorch
+    with torch._C._DisableFuncTorch():
+        while functorch.is_functorch_wrapped_tensor(values):
+            if functorch.is_batchedtensor(values):  # unwrapped, the whole batch would read as one matrix
+                raise ValueError("persistence in dimension >= 1 cannot run under vmap (each cloud's diagrams "
+                                 "have their own sizes): pass the clouds as a batch (..., n, d)")
+            values = functorch.get_unwrapped(values)
+        values = values.to(device="cpu", dtype=torch.float64)
+        values = torch.where(torch.eye(values.shape[0], dtype=torch.bool), 0.0, values)
+        inside = None if threshold == math.inf else (values <= threshold).numpy()
+        scale = float(power_of_two_scale(values[None, :, :])[0])
+        return (values / scale).numpy(), inside
+
+
 def higher_diagrams(data: Tensor, metric: Metric | None, max_dimension: int,
                      threshold: float) -> list[Diagram]:
     """Dimensions 1..max_dimension of one cloud (n, d) under ``metric``, or of one distance matrix
@@ -108,12 +125,8 @@ def higher_diagrams(data: Tensor, metric: Metric | None, max_dimension: int,
             return edge_lengths(data, edges, metric)
 
         values = all_lengths(data, metric)  # the values births and deaths are gathered from
-    values = values.to(device="cpu", dtype=torch.float64)
-    inside = None if threshold == math.inf else (values <= threshold).numpy()  # exact, as in dimension 0
-    # the engine sees the values divided by a power of two (exact), near 1: it works in float32,
-    # where 1e-163 or 1e150 would come out 0 or inf
-    scale = float(power_of_two_scale(values[None, :, :])[0])
-    return _engine_diagrams((values / scale).numpy(), max_dimension, inside, lengths, data.device)
+    dist, inside = _engine_input(values, threshold)
+    return _engine_diagrams(dist, max_dimension, inside, lengths, data.device)
 
 
 def _per_cloud(batch: torch.Size, diagrams_of: Callable[[tuple], list[Diagram]]) -> list:
@@ -155,7 +168,7 @@ def rips_persistence(points: Tensor, metric: Metric = "l1", max_dimension: int =
     check_points(points)
     p = metric_order(metric)
     max_dimension = check_max_dimension(max_dimension)
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
     if max_dimension:
         _engine()
     return _diagrams(h0_persistence(points, p), points, p, max_dimension, threshold)
@@ -169,7 +182,7 @@ def rips_persistence_from_distances(dist: Tensor, max_dimension: int = 1, *,
     """
     check_distance_matrix(dist)
     max_dimension = check_max_dimension(max_dimension)
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
     if max_dimension:
         _engine()
     return _diagrams(h0_persistence_from_distances(dist), dist, None, max_dimension, threshold)
