@@ -28,8 +28,8 @@ from corel.topology.distances import (
     check_distance_matrix,
     all_lengths,
     check_points,
-    edge_lengths,
     check_threshold,
+    edge_lengths,
     metric_order,
     power_of_two_scale,
 )
