@@ -10,7 +10,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-from corel._checks import check_number
+from corel._checks import check_number, plain_number
 
 Metric = Union[str, float, int]
 
@@ -48,14 +48,6 @@ def metric_name(metric: Metric) -> Metric:
     """The canonical form of a metric: "l1", "l2", "linf", or the float p of another l_p."""
     p = metric_order(metric)
     return {1.0: "l1", 2.0: "l2", math.inf: "linf"}.get(p, p)
-
-
-def plain_number(value: Any) -> Any:
-    """A 0-d real tensor as its Python number (for parameters users pass as tensors); anything
-    else as it is."""
-    if isinstance(value, Tensor) and value.ndim == 0 and not value.is_complex():
-        return value.item()
-    return value
 
 
 def traced(x: Tensor) -> bool:

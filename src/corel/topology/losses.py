@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from corel._checks import check_ints
+from corel._checks import check_ints, plain_number
 from corel.topology.diagram import Diagram, persistence_pairs
-from corel.topology.distances import Metric, check_scale, metric_order, plain_number
+from corel.topology.distances import Metric, check_scale, metric_order
 from corel.topology.h0 import BACKENDS, h0_persistence
 
 _REDUCTIONS = ("mean", "sum", "none")

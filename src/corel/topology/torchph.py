@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from corel.topology.diagram import H0
-from corel.topology.distances import Metric, plain_number
+from corel._checks import plain_number
+from corel.topology.distances import Metric
 from corel.topology.h0 import h0_persistence, h0_persistence_from_distances
 from corel.topology.rips import check_max_dimension, higher_diagrams
 
