@@ -226,13 +226,14 @@ class OneClassDetector(BaseDetector):
         check_is_fitted(self, "codes_")
         params = {k: v for k, v in self.get_params().items() if k != "backbone"} | {"device": None}
         return {"params": params, "backbone": None if self.backbone_ is None else self.backbone_.to_dict(),
-                "codes": self.codes_.cpu(), "radius": self.radius_, "metric": self.metric_, "offset": self.offset_}
+                "codes": self.codes_.cpu(), "radius": self.radius_, "metric": self.metric_, "offset": self.offset_,
+                "train_scores": torch.from_numpy(self.train_scores_)}
 
     @classmethod
     def from_dict(cls, content: dict[str, Any], where: str = "detector", device: str | None = None) -> "OneClassDetector":
         """The inverse of :meth:`to_dict`, validated: ValueError naming ``where`` for bad content.
         ``device``: where the backbone encodes (default: the CPU); the counts run where the codes are, on
-        the CPU.  ``train_scores_`` is recomputed."""
+        the CPU.  ``train_scores_`` is read (recomputed for files written before it was stored)."""
         try:
             backbone = None if content["backbone"] is None else Backbone.from_dict(content["backbone"], where=where)
             det = cls(backbone=backbone, **{**content["params"], "device": device})
@@ -252,7 +253,14 @@ class OneClassDetector(BaseDetector):
             raise ValueError(f"{where}: the detector's offset must be a finite number, got {offset!r}")
         det.backbone_, det.codes_, det.metric_, det.offset_ = backbone, codes, metric, float(offset)
         det.radius_ = check_scale(radius, f"{where}: the detector's radius")
-        det.train_scores_ = det._leave_one_out_scores()
+        scores = content.get("train_scores")
+        if scores is None:  # an earlier file: O(n^2) counts once, where reading them costs nothing
+            det.train_scores_ = det._leave_one_out_scores()
+        elif isinstance(scores, Tensor) and scores.shape == codes.shape[:1] and scores.is_floating_point() \
+                and bool(torch.isfinite(scores).all()):
+            det.train_scores_ = scores.double().numpy()
+        else:
+            raise ValueError(f"{where}: the detector's train_scores must be finite, one per code")
         return det
 
     def save(self, path: str | os.PathLike) -> None:
