@@ -11,18 +11,20 @@ One line per case, milliseconds, median of repeats, forward + backward:
   corel-host   corel on the GPU with the tree chosen by the compiled kernel on the host ("native")
   corel-cpu    corel on the CPU of the same machine (forward only, as in the issue's table)
   torchph      the paper's CUDA library, when importable (the checkout's .anchors/torchph, built on
-               first use: copy ../shared/anchors/torchph there and carry it)
+               first use: copy the package ../shared/anchors/torchph/torchph there and carry it)
   cdist        torch.cdist alone on the GPU, the floor of any engine
-and whether the GPU's tree equals the CPU's (deaths and edges).  Then the paper's loss as training
-runs it (check=False, no host synchronisation) on each engine, with the kernels and copies it puts
-on the GPU (the profiler's count, against the tests' CPU-side operation counts).  Then the fused kernel
-against Borůvka and the host path for batches of 16 clouds of 50 to 1,000 points (where "auto"
-should choose which), and Borůvka's two schedules side by side (fixed rounds, neighbour lists, lists reading l2 rows from cdist instead of
-the matmul expansion) for n = 500 to 5,000, to place boruvka.LIST_MIN_POINTS.  Then the
-autoencoder's training step at lambda = 20 (on each H0 engine) and 0, and two epochs of
-CIFAR-10-sized random images through ``corel train --accelerator gpu`` on the engine whose loss
-was fastest.  Cases predicted to overrun --budget seconds are skipped, and
-said so.  Without CUDA only the CPU columns run.  The JSON (--out) keeps every time in seconds.
+and whether the GPU's tree equals the CPU's (deaths and edges).  In this order, the targets first:
+the loss; the autoencoder's training step at lambda = 20 (on each H0 engine) and 0, and two epochs
+of CIFAR-10-sized random images through ``corel train --accelerator gpu`` on the engine whose loss
+was fastest; the single clouds.  Then, while the budget lasts: the loss as training runs it
+(check=False, no host synchronisation) on each engine, with the kernels and copies it puts on the
+GPU (the profiler's count, against the tests' CPU-side operation counts); the fused kernel against
+Borůvka and the host path for batches of 16 clouds of 50 to 1,000 points (where "auto" should
+choose which); Borůvka's schedules side by side (fixed rounds, neighbour lists, lists reading l2
+rows from cdist instead of the matmul expansion) for n = 500 to 5,000, to place
+boruvka.LIST_MIN_POINTS.  Cases predicted to overrun --budget seconds are skipped, and said so; a
+part that fails prints its traceback and the next part runs.  Without CUDA only the CPU columns
+run.  The JSON (--out) keeps every time in seconds.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +66,9 @@ def _torchph():
     sys.path.insert(0, str(ROOT / ".anchors"))
     try:
         from torchph import pershom
+
+        # a failed build only warns at import; its error comes at the first call
+        pershom.vr_persistence_l1(torch.rand(5, 2, device="cuda"), 0, 0)
     except Exception as e:  # noqa: BLE001 - a failed JIT build is reported, not fatal
         print(f"torchph unavailable: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
         return None
@@ -166,12 +172,12 @@ def loss_cases(pershom, cuda: bool, results: list) -> None:
                     total = total + (deaths - 2.0).abs().sum()
                 return total
 
-            row["torchph"] = timed(lambda: _backward(authors)(z), 20, warmup=2, cuda=True)[0]
+            row["torchph"] = _attempt(lambda: timed(lambda: _backward(authors)(z), 20, warmup=2, cuda=True)[0])
         columns = ("corel_gpu", "corel_gpu_compiled", "corel_triton", "corel_triton_compiled", "corel_host")
         best = min(t for t in map(row.get, columns) if isinstance(t, float)) if cuda else None
-        ratio = f"{row['torchph'] / best:.0f}x" if "torchph" in row and best else "-"
+        ratio = f"{row['torchph'] / best:.0f}x" if isinstance(row.get("torchph"), float) and best else "-"
         print(f"{row['case']:<28} " + " ".join(f"{_cell(row.get(c)):>10}" for c in columns)
-              + f" {_ms(row['corel_cpu']):>10} {_ms(row.get('torchph')):>10} {ratio:>13}", flush=True)
+              + f" {_ms(row['corel_cpu']):>10} {_cell(row.get('torchph')):>10} {ratio:>13}", flush=True)
         results.append(row)
 
 
@@ -206,8 +212,8 @@ def cloud_cases(pershom, cuda: bool, budget: float, start: float, results: list)
             row["corel_cpu"], cpu = timed(lambda: h0_persistence(x, metric), repeats if n <= 5000 else 1)
         if cuda:
             xg = x.cuda()
-            out = _oom_safe(lambda: timed(lambda: _backward(lambda v: h0_persistence(v, metric).deaths.sum())(xg),
-                                          repeats, cuda=True))
+            out = _attempt(lambda: _oom_safe(lambda: timed(
+                lambda: _backward(lambda v: h0_persistence(v, metric).deaths.sum())(xg), repeats, cuda=True)))
             if isinstance(out, str):
                 row["corel_gpu"] = out
             else:
@@ -233,17 +239,17 @@ def cloud_cases(pershom, cuda: bool, budget: float, start: float, results: list)
                 cd = _oom_safe(lambda: timed(lambda: torch.cdist(xg, xg, p=p), repeats, cuda=True)[0])
                 row["cdist"] = cd
             if pershom is not None and metric == "l1" and n <= 5000:
-                res = _oom_safe(lambda: timed(lambda: _backward(lambda v: pershom.vr_persistence_l1(v, 0, 0)[0][0][:, 1].sum())(xg),
-                                              repeats, cuda=True)[0])
-                row["torchph"] = res
+                # torchph's own allocation failures come as RuntimeErrors: kept as the row's reason
+                row["torchph"] = _attempt(lambda: _oom_safe(lambda: timed(
+                    lambda: _backward(lambda v: pershom.vr_persistence_l1(v, 0, 0)[0][0][:, 1].sum())(xg),
+                    repeats, cuda=True)[0]))
             del xg
             torch.cuda.empty_cache()
         ratios = [f"{row[c] / row['cdist']:.2f}" if isinstance(row.get(c), float) and isinstance(row.get("cdist"), float)
                   else "-" for c in ("corel_gpu", "triton")]
-        fmt = {k: (_ms(v) if isinstance(v, float) or v is None else v) for k, v in row.items()}
         same = "/".join(str(row[k]) for k in ("same_tree", "same_tree_triton") if k in row) or "-"
-        print(f"{row['case']:<28} {fmt.get('corel_gpu', '-'):>10} {_cell(row.get('triton')):>10} {fmt.get('cdist', '-'):>10}"
-              f" {ratios[0]:>11} {ratios[1]:>12} {fmt.get('corel_cpu', '-'):>10} {fmt.get('torchph', '-'):>12} {same:>9}",
+        print(f"{row['case']:<28} {_cell(row.get('corel_gpu')):>10} {_cell(row.get('triton')):>10} {_cell(row.get('cdist')):>10}"
+              f" {ratios[0]:>11} {ratios[1]:>12} {_cell(row.get('corel_cpu')):>10} {_cell(row.get('torchph')):>12} {same:>9}",
               flush=True)
         results.append(row)
 
@@ -359,6 +365,17 @@ class _Results(list):
             os.replace(partial, self.path)
 
 
+def _section(results: list, name: str, fn, *args) -> None:
+    """fn(*args); an error is printed and kept as a row, and the sections after it still run (a
+    lent device's minutes are few: one failure must not cost the rest of the call)."""
+    try:
+        fn(*args)
+    except Exception:  # noqa: BLE001
+        trace = traceback.format_exc()
+        print(f"\n{name} failed:\n{trace[-3000:]}", flush=True)
+        results.append({"case": name, "error": trace[-3000:]})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", type=float, default=270.0, help="seconds for the whole script")
@@ -373,14 +390,21 @@ def main() -> None:
     print(f"{device}; torch {torch.__version__}; {os.cpu_count()} CPU cores, {torch.get_num_threads()} threads")
     pershom = None if args.no_torchph else _torchph()
     results = _Results(args.out, device)
-    loss_cases(pershom, cuda, results)
+    left = lambda: args.budget - (time.perf_counter() - start)  # noqa: E731
+    # the targets first (the loss, the training step and epochs, the clouds), then what places the
+    # engines' thresholds, each while the budget lasts
+    _section(results, "loss", loss_cases, pershom, cuda, results)
     if cuda:
-        unchecked_loss_cases(results)
-        fused_cases(results)
-    schedule_cases(cuda, results)
-    cloud_cases(pershom, cuda, args.budget - (60 if cuda else 0), start, results)
-    if cuda:
-        training_cases(results, args.epoch_images)
+        _section(results, "training", training_cases, results, args.epoch_images)
+    _section(results, "clouds", cloud_cases, pershom, cuda, args.budget - (45 if cuda else 0), start, results)
+    for name, part, seconds in (("unchecked loss", unchecked_loss_cases, 15), ("fused", fused_cases, 15),
+                                ("schedules", schedule_cases, 20)):
+        if part is not schedule_cases and not cuda:
+            continue
+        if left() < seconds:
+            print(f"\n{name}: skipped, {left():.0f} s of the budget left")
+            continue
+        _section(results, name, *((part, cuda, results) if part is schedule_cases else (part, results)))
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 
