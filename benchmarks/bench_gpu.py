@@ -3,10 +3,11 @@
     python benchmarks/bench_gpu.py [--budget 270] [--no-torchph] [--out results.json]
 
 One line per case, milliseconds, median of repeats, forward + backward:
-  corel-gpu    corel on the GPU, backend "auto" (Borůvka in torch operations)
+  corel-gpu    corel on the GPU, backend "torch" (Borůvka in torch operations)
   compiled     the same loss through torch.compile(mode="reduce-overhead"): one CUDA graph
   triton       corel on the GPU, backend "triton" (Prim in one fused Triton kernel for clouds of
-               up to 1,024 points; beyond, Borůvka on rows from the Triton pairwise kernel)
+               up to 1,024 points and 2^25 n^2 d; beyond, Borůvka on rows from the Triton pairwise
+               kernel); what "auto" picks on NVIDIA GPUs
   tri-comp     the loss on backend "triton" through torch.compile(mode="reduce-overhead")
   corel-host   corel on the GPU with the tree chosen by the compiled kernel on the host ("native")
   corel-cpu    corel on the CPU of the same machine (forward only, as in the issue's table)
@@ -53,10 +54,12 @@ LOSS_CASES = [(16, 100, 10), (16, 150, 10)]
 CLOUD_CASES = [(1000, "l1"), (2000, "l1"), (5000, "l1"), (20000, "l1"), (20000, "l2"), (50000, "l1"),
                (50000, "l2"), (100000, "l1"), (100000, "l2")]
 CPU_MAX_POINTS = 20000
-TRITON_MAX_POINTS = 20000  # the targets' range; 50,000 and 100,000 are about memory
+TRITON_MAX_POINTS = 100000
+CDIST_MAX_POINTS = 20000  # torch.cdist on 50,000 points failed on an H100 (CUDA "invalid argument")
 D = 160
 SCHEDULE_POINTS = (500, 1000, 2000, 5000)
 FUSED_POINTS = (50, 100, 200, 500, 1000)
+PARTS = ("loss", "training", "clouds", "unchecked", "fused", "schedules")
 
 
 def _torchph():
@@ -131,7 +134,7 @@ def unchecked_loss_cases(results: list) -> None:
     eager, with the GPU activities it launches."""
     b, n, d = LOSS_CASES[0]
     row: dict = {"case": f"loss {b}x{n}x{d} unchecked"}
-    for backend in ("auto", "native", "triton"):
+    for backend in ("torch", "native", "triton"):
         row[f"{backend}_seconds"] = _attempt(lambda: loss_time(200, "cuda", backend=backend, codes=n, branches=b, dims=d,
                                                           check=False))
         row[f"{backend}_gpu_activities"] = _attempt(lambda: _gpu_activities(backend, n, b, d))
@@ -140,7 +143,7 @@ def unchecked_loss_cases(results: list) -> None:
         return (f"{backend} {_cell(seconds)}" + (" ms" if isinstance(seconds, float) else "")
                 + (f" / {count} GPU activities" if isinstance(count, int) else ""))
 
-    print(f"{row['case']} (as training runs it), eager: " + ", ".join(map(said, ("auto", "native", "triton"))),
+    print(f"{row['case']} (as training runs it), eager: " + ", ".join(map(said, ("torch", "native", "triton"))),
           flush=True)
     results.append(row)
 
@@ -152,14 +155,14 @@ def loss_cases(pershom, cuda: bool, results: list) -> None:
         shape = dict(codes=n, branches=b, dims=d)
         row = {"case": f"loss {b}x{n}x{d}", "corel_cpu": loss_time(200, "cpu", **shape)}
         if cuda:
-            row["corel_gpu"] = loss_time(200, "cuda", **shape)
+            row["corel_gpu"] = loss_time(200, "cuda", backend="torch", **shape)
             row["corel_host"] = loss_time(200, "cuda", backend="native", **shape)
             row["corel_triton"] = _attempt(lambda: loss_time(200, "cuda", backend="triton", **shape))
             if (b, n, d) == LOSS_CASES[0]:  # compiling takes tens of seconds: the paper's case only
                 # the fixed rounds trace into one graph: CUDA graphs replay it in one launch; so may
                 # the fused kernel (torch.compile takes user-defined Triton kernels)
-                row["corel_gpu_compiled"] = _attempt(lambda: loss_time(200, "cuda", compile_mode="reduce-overhead",
-                                                                       **shape))
+                row["corel_gpu_compiled"] = _attempt(lambda: loss_time(200, "cuda", backend="torch",
+                                                                       compile_mode="reduce-overhead", **shape))
                 row["corel_triton_compiled"] = _attempt(lambda: loss_time(200, "cuda", backend="triton",
                                                                           compile_mode="reduce-overhead", **shape))
         if pershom is not None:
@@ -213,14 +216,15 @@ def cloud_cases(pershom, cuda: bool, budget: float, start: float, results: list)
         if cuda:
             xg = x.cuda()
             out = _attempt(lambda: _oom_safe(lambda: timed(
-                lambda: _backward(lambda v: h0_persistence(v, metric).deaths.sum())(xg), repeats, cuda=True)))
+                lambda: _backward(lambda v: h0_persistence(v, metric, backend="torch").deaths.sum())(xg), repeats,
+                cuda=True)))
             if isinstance(out, str):
                 row["corel_gpu"] = out
             else:
                 row["corel_gpu"] = out[0]
                 measured[(n, metric)] = out[0]
                 if cpu is not None:
-                    gpu = h0_persistence(xg, metric)
+                    gpu = h0_persistence(xg, metric, backend="torch")
                     row["same_tree"] = bool(torch.equal(gpu.edges.cpu(), cpu.edges) and torch.equal(gpu.deaths.cpu(), cpu.deaths))
                     row["max_death_difference"] = float((gpu.deaths.cpu() - cpu.deaths).abs().max())
             guess = _predicted(n, metric, measured_triton)
@@ -235,9 +239,9 @@ def cloud_cases(pershom, cuda: bool, budget: float, start: float, results: list)
                     gpu = h0_persistence(xg, metric, backend="triton")
                     row["same_tree_triton"] = bool(torch.equal(gpu.edges.cpu(), cpu.edges)
                                                    and torch.equal(gpu.deaths.cpu(), cpu.deaths))
-            if n <= 50000:
-                cd = _oom_safe(lambda: timed(lambda: torch.cdist(xg, xg, p=p), repeats, cuda=True)[0])
-                row["cdist"] = cd
+            if n <= CDIST_MAX_POINTS:
+                row["cdist"] = _attempt(lambda: _oom_safe(lambda: timed(lambda: torch.cdist(xg, xg, p=p), repeats,
+                                                                        cuda=True)[0]))
             if pershom is not None and metric == "l1" and n <= 5000:
                 # torchph's own allocation failures come as RuntimeErrors: kept as the row's reason
                 row["torchph"] = _attempt(lambda: _oom_safe(lambda: timed(
@@ -303,48 +307,65 @@ def schedule_cases(cuda: bool, results: list) -> None:
             results.append(row)
 
 
-def _fastest_loss_backend(results: list) -> str:
-    """The H0 engine whose connectivity loss (the first case, the paper's) ran fastest: "auto"
-    (Borůvka), "native" (the host tree) or "triton"; what a training run should use."""
-    row = next(r for r in results if r["case"].startswith("loss "))
-    times = [(row.get(c), b) for b, c in (("auto", "corel_gpu"), ("native", "corel_host"), ("triton", "corel_triton"))]
-    return min(((t, b) for t, b in times if isinstance(t, float)), default=(0.0, "auto"))[1]
+def _fastest_loss(results: list, compiled: bool) -> str | None:
+    """The H0 engine whose connectivity loss (the first case, the paper's) ran fastest, eager or
+    compiled: "torch" (Borůvka), "native" (the host tree) or "triton"; None when none ran."""
+    row = next((r for r in results if r["case"].startswith("loss ")), {})
+    columns = ((("torch", "corel_gpu_compiled"), ("triton", "corel_triton_compiled")) if compiled else
+               (("torch", "corel_gpu"), ("native", "corel_host"), ("triton", "corel_triton")))
+    times = [(row.get(c), b) for b, c in columns if isinstance(row.get(c), float)]
+    return min(times)[1] if times else None
+
+
+def _train_epochs(results: list, data_dir: str, backend: str, compiled: bool, images: int) -> None:
+    """Two epochs of ``corel train --accelerator gpu`` on ``backend``, the loss compiled or not."""
+    start = time.perf_counter()
+    out = Path(data_dir) / f"run-{backend}-{compiled}"
+    done = subprocess.run([sys.executable, "-m", "corel.experiments.cli", "train", "--data", "npz", "--data-dir",
+                           data_dir, "--epochs", "2", "--accelerator", "gpu", "--devices", "1", "--h0-backend", backend,
+                           "--out", str(out), "--quiet"] + (["--compile-loss"] if compiled else []),
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    name = f"--h0-backend {backend}" + (" --compile-loss" if compiled else "")
+    if done.returncode != 0:
+        print(f"corel train --accelerator gpu {name} failed:\n{done.stderr[-2000:]}", flush=True)
+        results.append({"case": f"corel train epoch {name}", "error": done.stderr[-2000:]})
+        return
+    rows = (out / "logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    epochs = [float(r.split(",")[header.index("epoch_seconds")]) for r in rows[1:]]
+    print(f"corel train --accelerator gpu {name}, {images} images of 3x32x32, lambda 20: epoch 1 "
+          f"{epochs[0]:.1f} s, epoch 2 {epochs[1]:.1f} s (whole command {wall:.0f} s); 50 epochs ~ "
+          f"{50 * epochs[1] / 60:.1f} min", flush=True)
+    results.append({"case": f"corel train epoch {name}", "h0_backend": backend, "compile_loss": compiled,
+                    "epoch_seconds": epochs, "command_seconds": wall})
 
 
 def training_cases(results: list, images: int) -> None:
+    """The autoencoder's step at lambda = 20 on each engine (eager and compiled) and 0, then two
+    epochs through ``corel train`` on the fastest eager and the fastest compiled loss."""
     t0 = step_time(0.0, True, 50, "cuda")
-    for backend in ("auto", "native", "triton"):
-        t20 = _attempt(step_time, 20.0, True, 50, "cuda", backend)
+    for backend, compile_mode in (("torch", None), ("native", None), ("triton", None), ("torch", "reduce-overhead"),
+                                  ("triton", "reduce-overhead")):
+        name = backend + (" compiled" if compile_mode else "")
+        t20 = _attempt(step_time, 20.0, True, 50, "cuda", backend, compile_mode)
         if isinstance(t20, str):
-            print(f"\nautoencoder step, backend {backend}: {t20}")
+            print(f"\nautoencoder step, backend {name}: {t20}", flush=True)
+            results.append({"case": f"training step {name}", "error": t20})
             continue
         share = (t20 - t0) / t20
-        print(f"\nautoencoder step, batch 100, backend {backend}: lambda=20 {t20 * 1e3:.2f} ms, lambda=0 "
+        print(f"\nautoencoder step, batch 100, backend {name}: lambda=20 {t20 * 1e3:.2f} ms, lambda=0 "
               f"{t0 * 1e3:.2f} ms: persistence is {100 * share:.0f}% of the step", flush=True)
-        results.append({"case": f"training step {backend}", "lambda20": t20, "lambda0": t0, "persistence_share": share})
+        results.append({"case": f"training step {name}", "lambda20": t20, "lambda0": t0, "persistence_share": share})
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(0)
         np.savez(Path(tmp) / "data.npz", x_train=rng.integers(0, 256, (images, 3, 32, 32), dtype=np.uint8),
                  y_train=np.zeros(images, np.int64), x_test=np.zeros((10, 3, 32, 32), np.uint8),
                  y_test=np.zeros(10, np.int64))
-        start = time.perf_counter()
-        backend = _fastest_loss_backend(results)
-        done = subprocess.run([sys.executable, "-m", "corel.experiments.cli", "train", "--data", "npz", "--data-dir",
-                               tmp, "--epochs", "2", "--accelerator", "gpu", "--devices", "1", "--h0-backend", backend,
-                               "--out", str(Path(tmp) / "run"), "--quiet"], capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        if done.returncode != 0:
-            print(f"corel train --accelerator gpu failed:\n{done.stderr[-2000:]}")
-            results.append({"case": "corel train epoch", "error": done.stderr[-2000:]})
-            return
-        rows = (Path(tmp) / "run" / "logs" / "version_0" / "metrics.csv").read_text().splitlines()
-        header = rows[0].split(",")
-        epochs = [float(r.split(",")[header.index("epoch_seconds")]) for r in rows[1:]]
-    print(f"corel train --accelerator gpu --h0-backend {backend}, {images} images of 3x32x32, lambda 20: epoch 1 "
-          f"{epochs[0]:.1f} s, epoch 2 {epochs[1]:.1f} s (whole command {wall:.0f} s); 50 epochs ~ "
-          f"{50 * epochs[1] / 60:.1f} min", flush=True)
-    results.append({"case": "corel train epoch", "h0_backend": backend, "epoch_seconds": epochs,
-                    "command_seconds": wall})
+        for compiled in (False, True):
+            backend = _fastest_loss(results, compiled)
+            if backend is not None:
+                _train_epochs(results, tmp, backend, compiled, images)
 
 
 class _Results(list):
@@ -383,7 +404,14 @@ def main() -> None:
     parser.add_argument("--epoch-images", type=int, default=50000)
     parser.add_argument("--out", type=Path, default=None,
                         help="also write the results as JSON here (after every row, so a timeout keeps them)")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+    parser.add_argument("--cloud-min", type=int, default=0, help="single clouds of at least this many points only")
     args = parser.parse_args()
+    parts = args.parts.split(",")
+    if not set(parts) <= set(PARTS):
+        parser.error(f"--parts takes {', '.join(PARTS)}, got {args.parts!r}")
+    global CLOUD_CASES
+    CLOUD_CASES = [(n, metric) for n, metric in CLOUD_CASES if n >= args.cloud_min]
     start = time.perf_counter()
     cuda = torch.cuda.is_available()
     device = torch.cuda.get_device_name() if cuda else "no CUDA device (CPU columns only)"
@@ -393,13 +421,15 @@ def main() -> None:
     left = lambda: args.budget - (time.perf_counter() - start)  # noqa: E731
     # the targets first (the loss, the training step and epochs, the clouds), then what places the
     # engines' thresholds, each while the budget lasts
-    _section(results, "loss", loss_cases, pershom, cuda, results)
-    if cuda:
+    if "loss" in parts:
+        _section(results, "loss", loss_cases, pershom, cuda, results)
+    if cuda and "training" in parts:
         _section(results, "training", training_cases, results, args.epoch_images)
-    _section(results, "clouds", cloud_cases, pershom, cuda, args.budget - (45 if cuda else 0), start, results)
-    for name, part, seconds in (("unchecked loss", unchecked_loss_cases, 15), ("fused", fused_cases, 15),
+    if "clouds" in parts:
+        _section(results, "clouds", cloud_cases, pershom, cuda, args.budget - (45 if cuda else 0), start, results)
+    for name, part, seconds in (("unchecked", unchecked_loss_cases, 15), ("fused", fused_cases, 15),
                                 ("schedules", schedule_cases, 20)):
-        if part is not schedule_cases and not cuda:
+        if (part is not schedule_cases and not cuda) or name not in parts:
             continue
         if left() < seconds:
             print(f"\n{name}: skipped, {left():.0f} s of the budget left")

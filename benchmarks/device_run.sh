@@ -2,7 +2,8 @@
 # The prepared calls for a lent GPU (the device tool), one part per call:
 #   here:    mkdir -p .anchors && cp -r ../shared/anchors/torchph/torchph .anchors/  (optional: torchph's columns)
 #   device:  run(command="bash benchmarks/device_run.sh all", carry=[".anchors"], timeout_s=450)
-#   or, in two calls: ... bench (timeout_s=420), then ... tests (timeout_s=240)
+#   or, in two calls: ... bench (timeout_s=420), then ... tests (timeout_s=240); after all or bench,
+#   arguments for bench_gpu.py (a rerun of some parts: --parts loss,training --cloud-min 20000)
 # bench: builds the compiled kernel, runs bench_gpu.py (its own budget; interrupted at 330 s, its
 #        JSON written after every row).  tests: the CUDA-only tests and the Triton kernels compiled
 #        for real (100 s), then the other topology and training tests (50 s), each interrupted
@@ -15,6 +16,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/device}
 PART=${1:-}
+shift || true  # the rest go to bench_gpu.py (all, bench): e.g. --parts loss,training --cloud-min 20000
 if [ "$PART" != bench ] && [ "$PART" != tests ] && [ "$PART" != all ]; then
     echo "usage: bash benchmarks/device_run.sh bench|tests|all" >&2
     exit 2
@@ -34,9 +36,9 @@ fi
 # process that ignores it (inside a native compile) is killed 15 s later
 if [ "$PART" = bench ]; then
     PYTHONPATH=src:benchmarks timeout -s INT -k 15 330 python3 benchmarks/bench_gpu.py --budget 270 --out "$OUT/bench_gpu.json" \
-        2>&1 | tee "$OUT/bench_gpu.txt"
+        "$@" 2>&1 | tee "$OUT/bench_gpu.txt"
 fi
-GPU_FIRST="cuda or gpu or test_fused"
+GPU_FIRST="cuda or gpu or test_fused or on_its_device"
 if [ "$PART" = all ]; then
     # torchph's CUDA extension compiles (minutes of nvcc) while the tests run; the bench's import
     # waits for the build's lock
@@ -48,7 +50,7 @@ if [ "$PART" = all ]; then
         tests/detection/test_detector.py::test_codes_on_the_gpu > "$OUT/pytest_gpu.txt" 2>&1
     tail -25 "$OUT/pytest_gpu.txt"
     PYTHONPATH=src:benchmarks timeout -s INT -k 15 270 python3 benchmarks/bench_gpu.py --budget 230 --out "$OUT/bench_gpu.json" \
-        2>&1 | tee "$OUT/bench_gpu.txt"
+        "$@" 2>&1 | tee "$OUT/bench_gpu.txt"
 fi
 if [ "$PART" = tests ]; then
     # first what only a GPU can check (CUDA-only tests, the Triton kernels compiled for real), then

@@ -34,9 +34,10 @@ def digits():
     return load_dataset("digits").x_train[:400]
 
 
-def run(images, out, epochs, resume=False, lam=1.0, h0_backend="auto"):
+def run(images, out, epochs, resume=False, lam=1.0, h0_backend="auto", compile_loss=False):
     return train(images, out, CFG, TrainConfig(epochs=epochs, batch_size=40, eta=1.0, lam=lam, seed=3),
-                 resume=resume, accelerator="cpu", devices=1, progress=False, h0_backend=h0_backend)
+                 resume=resume, accelerator="cpu", devices=1, progress=False, h0_backend=h0_backend,
+                 compile_loss=compile_loss)
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # a module outside a Trainer
@@ -124,6 +125,16 @@ def test_every_h0_engine_trains_the_same_backbone_and_a_resume_may_switch(tmp_pa
     assert other.info["epochs_completed"] == 2
     for (k, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_a_compiled_loss_trains_the_eager_backbone_and_a_resume_may_switch(tmp_path, digits):
+    """compile_loss: the same trees (Borůvka traced into the graph); its sums may round otherwise,
+    so the weights agree closely, not bit for bit; a resume may switch it off."""
+    eager = run(digits, tmp_path / "eager", epochs=3)
+    run(digits, tmp_path / "compiled", epochs=2, compile_loss=True)
+    compiled = run(digits, tmp_path / "compiled", epochs=3, resume=True)
+    for (k, a), (_, b) in zip(eager.model.state_dict().items(), compiled.model.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
 
 
 def test_an_h0_engine_that_cannot_run_is_refused_before_any_work(tmp_path, digits, monkeypatch):

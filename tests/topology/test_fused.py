@@ -112,7 +112,14 @@ def test_clouds_the_kernels_do_not_take_go_to_plain_boruvka(rng, monkeypatch):
         kernels, native = (h0_persistence(x, metric, backend=b) for b in ("triton", "native"))
         assert torch.equal(kernels.edges, native.edges) and torch.equal(kernels.deaths, native.deaths)
     assert calls == [(1.0, fused.pairwise_values), (math.inf, None), (3.0, None)]
-    assert fused.fits(20, 1.0) and fused.fits(20, None) and not fused.fits(20, 3.0)
+    assert fused.fits(20, 5, 1.0) and fused.fits(20, 20, None) and not fused.fits(20, 5, 3.0)
+
+
+
+def test_one_programs_work_is_bounded():
+    """n^2 d on one multiprocessor: 16 codes' clouds of 1,000 points in d = 10 fuse, one cloud of
+    1,000 points in d = 160 goes to Borůvka on the pairwise kernel (faster on an H100)."""
+    assert fused.fits(1000, 10, 2.0) and not fused.fits(1000, 160, 2.0) and not fused.fits(1025, 2, 1.0)
 
 
 def test_two_points_and_one(rng):

@@ -208,8 +208,12 @@ def _add_train_args(p: argparse.ArgumentParser, grid: bool = False) -> None:
     g.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (the default for several devices)")
     g.add_argument("--num-nodes", type=_int_at_least(1), default=1, help="machines (Lightning)")
     g.add_argument("--h0-backend", choices=BACKENDS, default="auto",
-                   help="engine of the connectivity loss's persistence: auto (compiled kernel on CPU, Borůvka on "
-                        "GPU), native, torch, or triton (fused GPU kernels; needs triton); all give the same results")
+                   help="engine of the connectivity loss's persistence: auto (compiled kernel on CPU, triton on "
+                        "NVIDIA GPUs where triton runs, Borůvka elsewhere), native, torch, or triton (fused GPU kernels; "
+                        "needs triton); all give the same results")
+    g.add_argument("--compile-loss", action="store_true",
+                   help="compile the connectivity loss with CUDA graphs (GPUs: faster steps after tens of seconds of "
+                        "compilation; not reproducible bit for bit)")
 
 
 def _train_config(args: argparse.Namespace, lam: float | None = None):
@@ -227,7 +231,7 @@ def _architecture(args: argparse.Namespace) -> dict:
 
 def _trainer_kwargs(args: argparse.Namespace) -> dict:
     return {"accelerator": args.accelerator, "devices": args.devices, "num_nodes": args.num_nodes,
-            "strategy": args.strategy, "h0_backend": args.h0_backend}
+            "strategy": args.strategy, "h0_backend": args.h0_backend, "compile_loss": args.compile_loss}
 
 
 def _backbone(spec: str):

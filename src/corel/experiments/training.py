@@ -87,13 +87,17 @@ class ConnectivityAutoencoder(L.LightningModule):
     """
 
     def __init__(self, model_config: dict, eta: float = 2.0, lam: float = 20.0, metric: str = "l1", lr: float = 1e-3,
-                 h0_backend: str = "auto"):
+                 h0_backend: str = "auto", compile_loss: bool = False):
         super().__init__()
         self.save_hyperparameters()
         self.model = BranchedAutoencoder(AutoencoderConfig.from_dict(model_config))
         # unchecked: no host synchronisation per step; a diverged batch gives a non-finite loss,
         # counted on the device and reported at the end of the epoch (see check_diverged)
         self.connectivity = ConnectivityLoss(eta, metric, self.model.config.branches, backend=h0_backend, check=False)
+        # on a GPU the loss's ~100 small launches cost more host time than the autoencoder's step:
+        # compiled with CUDA graphs, forward and backward are one replay each
+        self._deaths_and_loss = (torch.compile(self._eager_deaths_and_loss, mode="reduce-overhead", fullgraph=True)
+                                 if compile_loss else self._eager_deaths_and_loss)
         self.lam = lam
         self.lr = lr
         self._channels_last = self.model.config.kind == "conv"
@@ -119,21 +123,25 @@ class ConnectivityAutoencoder(L.LightningModule):
         z, recon_x = self.model(x)
         recon = (recon_x - x).abs().flatten(1).sum(dim=1).mean()
         if self.lam > 0:
-            deaths = self.connectivity.death_times(z)
-            connectivity = self.connectivity.from_death_times(deaths)
+            deaths, connectivity = self._deaths_and_loss(z)
             loss = recon + self.lam * connectivity
         else:  # still measured, so the ablation logs the same statistics
             with torch.no_grad():
-                deaths = self.connectivity.death_times(z)
-                connectivity = self.connectivity.from_death_times(deaths)
+                deaths, connectivity = self._deaths_and_loss(z)
             loss = recon
-        self.epoch_deaths.append(deaths.detach().flatten())
+        # a copy: a CUDA graph's outputs are overwritten by its next replay
+        self.epoch_deaths.append(deaths.detach().flatten().clone())
         self.nonfinite_batches += ~torch.isfinite(loss.detach())
         log = dict(on_step=False, on_epoch=True, batch_size=x.shape[0], sync_dist=True)
         self.log("recon", recon, prog_bar=True, **log)
         self.log("connectivity", connectivity, prog_bar=True, **log)
         self.log("loss", loss, **log)
         return loss
+
+    def _eager_deaths_and_loss(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """The death times (branches, b-1) of codes ``z`` (b, D) and their connectivity loss."""
+        deaths = self.connectivity.death_times(z)
+        return deaths, self.connectivity.from_death_times(deaths)
 
     def check_diverged(self) -> None:
         """ValueError when a batch of this epoch, on any device, had a NaN or inf loss: the
@@ -426,6 +434,7 @@ def train(
     num_nodes: int = 1,
     strategy: str = "auto",
     h0_backend: str = "auto",
+    compile_loss: bool = False,
     progress: bool = True,
     info: dict | None = None,
 ) -> Backbone:
@@ -439,6 +448,10 @@ def train(
     ``info``: metadata about the data (e.g. its name), also part of the settings.  ``h0_backend``:
     the H0 engine of the connectivity loss (:func:`~corel.topology.h0.h0_persistence`); every
     engine gives the same results, so it is not a setting and a resume may change it.
+    ``compile_loss``: the connectivity loss through ``torch.compile`` with CUDA graphs (for GPUs,
+    where it saves most of the loss's time; tens of seconds of compilation first).  The same trees;
+    the compiled sums may round differently and add gradients with atomics, so such a run is not
+    reproducible bit for bit; a resume may change it.
     """
     check_backend(h0_backend)  # before any work: "triton" without a GPU would fail at the first step
     out = Path(out_dir)
@@ -484,7 +497,7 @@ def train(
 
     L.seed_everything(config.seed, workers=True, verbose=False)
     module = ConnectivityAutoencoder(model_config.to_dict(), config.eta, config.lam, config.metric, config.lr,
-                                     h0_backend)
+                                     h0_backend, compile_loss)
     module.run_record = {"settings": settings}
     data = ImageDataModule(images, config.batch_size, config.seed)
     # a resumed run's seconds include its earlier sessions' (summary.json's fit_seconds counted the last one only)

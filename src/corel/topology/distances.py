@@ -347,8 +347,18 @@ def _edge_gradient(scaled: Tensor, edges: Tensor, lengths: Tensor | None, p: flo
     batch, n, d = scaled.shape
     per_edge = _length_gradient(edge_vectors(scaled, edges), lengths, p) * grad[..., None]
     both = torch.stack((per_edge, -per_edge), dim=2).reshape(batch, -1, d)  # onto i0, j0, i1, j1, ...
-    # out of place: under torch.func's vmap the incoming gradient may be batched where the cloud is not
-    return torch.zeros_like(scaled).scatter_add(1, edges.reshape(batch, -1, 1).expand(-1, -1, d), both)
+    if scaled.device.type == "cpu":  # scatter_add adds serially here, a point's edges in their order
+        # out of place: under torch.func's vmap the incoming gradient may be batched where the cloud is not
+        return torch.zeros_like(scaled).scatter_add(1, edges.reshape(batch, -1, 1).expand(-1, -1, d), both)
+    # On CUDA scatter_add's atomics add a point of three or more edges in any order.  index_put
+    # with accumulate sorts the rows stably and adds each run in order, as the CPU does, so the
+    # gradients are the CPU's bit for bit; except for rows of one column, which it sums by warp
+    # reductions: those get a zero column beside them
+    width = max(d, 2)
+    rows = (edges + n * torch.arange(batch, device=edges.device)[:, None, None]).reshape(-1)
+    values = both.reshape(-1, d) if d == width else torch.cat((both.reshape(-1, d), both.new_zeros(rows.numel(), 1)), 1)
+    total = scaled.new_zeros(batch * n, width).index_put((rows,), values, accumulate=True)
+    return total[:, :d].reshape(batch, n, d)
 
 
 def _row_tiles(x: Tensor) -> range:

@@ -18,6 +18,7 @@ clouds are handled in float32 and their death times returned in their own dtype.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 
@@ -62,12 +63,25 @@ def check_backend(backend: str) -> None:
         check_device()
 
 
+@functools.cache
+def _triton_runs_on(device: torch.device) -> bool:
+    """Whether the Triton kernels run on CUDA ``device``: the package, NVIDIA (their squares are
+    PTX) and compute capability 8.0 or later (the machine code checked: sm_80 and sm_90)."""
+    return _HAS_TRITON and torch.version.hip is None and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def _engine(data: Tensor, backend: str) -> str:
-    """"native", "torch" or "triton": "auto" is the compiled kernel on CPU and Borůvka on other
-    devices and where ``data`` is traced (:func:`~corel.topology.distances.traced`)."""
+    """"native", "torch" or "triton": "auto" is the compiled kernel on CPU, the Triton kernels on
+    NVIDIA GPUs where they run (1.3x to 15x faster than Borůvka on an H100: docs/persistence.md),
+    and Borůvka on other devices and where ``data`` is traced
+    (:func:`~corel.topology.distances.traced`)."""
     _known(backend)
     if backend == "auto":
-        return "native" if data.device.type == "cpu" and not traced(data) else "torch"
+        if traced(data):
+            return "torch"
+        if data.device.type == "cpu":
+            return "native"
+        return "triton" if data.device.type == "cuda" and _triton_runs_on(data.device) else "torch"
     if backend == "native" and torch._C._functorch.is_functorch_wrapped_tensor(data):
         raise ValueError("backend 'native' cannot run under torch.func transforms; use 'auto' or 'torch'")
     return backend
@@ -122,7 +136,8 @@ def h0_persistence(points: Tensor, metric: Metric = "l1", *, backend: str = "aut
     Returns :class:`H0` with the n-1 death times (ascending, in the units of the metric, in the
     points' dtype) and their edges, ties in ascending (i, j) order.  All leading dimensions are
     clouds computed in one call.  Duplicate points give death times of exactly 0, which are kept.
-    ``backend``: "auto" (the compiled kernel on CPU, Borůvka elsewhere), "native", "torch" or
+    ``backend``: "auto" (the compiled kernel on CPU, "triton" on NVIDIA GPUs where it runs,
+    Borůvka elsewhere), "native", "torch" or
     "triton" (on a GPU: one fused kernel for clouds of up to 1,024 points under l1, l2 or linf;
     beyond, Borůvka on kernel-computed rows for l1 and l2, plain Borůvka otherwise); all return
     the same tree.  On CPU the native kernel never builds the n x n matrix (memory O(n d));
