@@ -406,12 +406,14 @@ def main() -> None:
                         help="also write the results as JSON here (after every row, so a timeout keeps them)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
     parser.add_argument("--cloud-min", type=int, default=0, help="single clouds of at least this many points only")
+    parser.add_argument("--cloud-max", type=int, default=None, help="single clouds of at most this many points only")
     args = parser.parse_args()
     parts = args.parts.split(",")
     if not set(parts) <= set(PARTS):
         parser.error(f"--parts takes {', '.join(PARTS)}, got {args.parts!r}")
     global CLOUD_CASES
-    CLOUD_CASES = [(n, metric) for n, metric in CLOUD_CASES if n >= args.cloud_min]
+    CLOUD_CASES = [(n, metric) for n, metric in CLOUD_CASES
+                   if n >= args.cloud_min and (args.cloud_max is None or n <= args.cloud_max)]
     start = time.perf_counter()
     cuda = torch.cuda.is_available()
     device = torch.cuda.get_device_name() if cuda else "no CUDA device (CPU columns only)"

@@ -9,6 +9,7 @@ import torch
 
 from conftest import lp_distances
 from corel.topology.distances import edge_lengths, lp_norm, pairwise_distances
+from torch import cdist
 
 
 def _oracle(diff: np.ndarray, p: float) -> np.ndarray:
@@ -221,3 +222,28 @@ def test_second_derivatives_at_duplicates_and_shared_coordinates_are_finite(p):
         (gradient,) = torch.autograd.grad(lengths(x).square().sum(), x, create_graph=True)
         (second,) = torch.autograd.grad(gradient.square().sum(), x)
         assert torch.isfinite(second).all()
+
+
+def test_cdist_in_row_blocks_equals_one_call(rng, monkeypatch):
+    """torch.cdist on CUDA fails beyond 2**31 - 1 entries per call, so corel cuts its calls into
+    row blocks: the same values, and the same gradients, as one call; Borůvka's rows too."""
+    import corel.topology.distances as distances
+    from corel import h0_persistence
+
+    x = torch.from_numpy(rng.normal(size=(2, 30, 4)))
+    whole = {p: distances.cdist(x, x, p) for p in (1.0, 2.0, math.inf)}
+    whole_grad = torch.autograd.grad(distances.cdist(x.requires_grad_(), x, 1.0).sum(), x)[0]
+    cloud = torch.from_numpy(rng.normal(size=(400, 4)))  # neighbour lists: rows from cdist
+    tree = h0_persistence(cloud, "l1", backend="native")
+    calls = []
+    monkeypatch.setattr(torch, "cdist", lambda a, *args, **kwargs: calls.append(a.shape[-2]) or cdist(a, *args, **kwargs))
+    monkeypatch.setattr(distances, "CDIST_MAX_ENTRIES", 2 * 30 * 7)  # blocks of 7 rows: 5 blocks
+    for p, values in whole.items():
+        assert torch.equal(distances.cdist(x.detach(), x.detach(), p), values)
+    assert torch.equal(torch.autograd.grad(distances.cdist(x, x, 1.0).sum(), x)[0], whole_grad)
+    assert max(calls) == 7
+    monkeypatch.setattr(distances, "CDIST_MAX_ENTRIES", 400 * 50)
+    calls.clear()
+    blocked = h0_persistence(cloud, "l1", backend="torch")
+    assert calls and max(calls) <= 50
+    assert torch.equal(blocked.edges, tree.edges) and torch.equal(blocked.deaths, tree.deaths)

@@ -38,7 +38,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
-from corel.topology.distances import compared_pairwise, padded_width
+from corel.topology.distances import cdist, compared_pairwise, padded_width
 
 # Off the GPU, one (B, n, n) distance matrix up to this many entries; then row tiles of at most
 # TILE_ELEMENTS entries.
@@ -64,7 +64,6 @@ Pairwise = Callable[[Tensor, Tensor, float], Tensor]
 
 _MAX = torch.iinfo(torch.int64).max
 _LOW32 = 0xFFFFFFFF
-_EXACT = "donot_use_mm_for_euclid_dist"
 
 
 def rounds(n: int) -> int:
@@ -334,7 +333,7 @@ class _Rows:
         if self.p not in FIXED_ORDER and self.p != math.inf:  # another p: the compared lengths, in row tiles
             return _selection_rows(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]), self.p,
                                    None).view(*a.shape[:-1], -1)
-        values = torch.cdist(a, b, p=self.p, compute_mode=_EXACT)
+        values = cdist(a, b, self.p)
         return values.square_() if self.p == 2.0 else values
 
     def _chunks(self, flat: Tensor, by_cloud: bool) -> Iterator[tuple[int, Tensor]]:

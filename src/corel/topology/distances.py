@@ -19,6 +19,9 @@ Metric = Union[str, float, int]
 # float32).  At n = 2,000, d = 64 on one CPU thread, tiles of 2**21 to 2**24 entries left 0.6 to 1.2 GB resident (the allocator keeps
 # the freed tiles) and ran at most 1.6x faster; 2**20 stayed at 70 MB.
 PAIRWISE_TILE_ELEMENTS = 1 << 20
+# torch.cdist on CUDA launches one block per entry: a call of more than 2**31 - 1 entries fails
+# ("CUDA error: invalid argument" at 50,000 points on an H100), so calls are cut into row blocks
+CDIST_MAX_ENTRIES = 1 << 30
 
 _NAMED = {"l1": 1.0, "manhattan": 1.0, "cityblock": 1.0, "l2": 2.0, "euclidean": 2.0,
           "linf": math.inf, "chebyshev": math.inf}
@@ -113,6 +116,23 @@ def check_distance_matrix(dist: Any) -> None:
                          "can differ in the last bit: pass (D + D.mT) / 2, or the points themselves)")
 
 
+def cdist(a: Tensor, b: Tensor, p: float) -> Tensor:
+    """``torch.cdist`` between the rows of ``a`` (..., m, d) and ``b`` (..., n, d) -> (..., m, n),
+    summed without the matmul expansion (exact on ties and duplicates), in blocks of rows of at
+    most CDIST_MAX_ENTRIES entries; differentiable."""
+    rows = max(1, CDIST_MAX_ENTRIES // max(1, math.prod(a.shape[:-2]) * b.shape[-2]))
+    if a.shape[-2] <= rows:
+        return torch.cdist(a, b, p=p, compute_mode="donot_use_mm_for_euclid_dist")
+    blocks = (torch.cdist(a[..., r: r + rows, :], b, p=p, compute_mode="donot_use_mm_for_euclid_dist")
+              for r in range(0, a.shape[-2], rows))
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        return torch.cat(list(blocks), dim=-2)
+    out = a.new_empty(*a.shape[:-1], b.shape[-2])  # without autograd: no second copy of the whole
+    for r, block in zip(range(0, a.shape[-2], rows), blocks):
+        out[..., r: r + rows, :] = block
+    return out
+
+
 def pairwise_distances(x: Tensor, metric: Metric = "l1") -> Tensor:
     """All pairwise distances of clouds ``x`` (..., n, d) -> (..., n, n), same dtype and device.
 
@@ -129,7 +149,7 @@ def pairwise_distances(x: Tensor, metric: Metric = "l1") -> Tensor:
     """
     p = metric_order(metric)
     if p in (1.0, math.inf) or x.ndim < 2 or x.numel() == 0:  # no powers: nothing to leave the dtype
-        return torch.cdist(x, x, p=p, compute_mode="donot_use_mm_for_euclid_dist")
+        return cdist(x, x, p)
     if p != 2.0:  # half precision measured in float32, forward and backward
         return _TiledLengths.apply(measured_in(x), p).to(x.dtype)
     scale, top = power_of_two_scale(x.reshape(-1, *x.shape[-2:]))
@@ -137,7 +157,7 @@ def pairwise_distances(x: Tensor, metric: Metric = "l1") -> Tensor:
     inside = (top >= info.tiny ** 0.25) & (top <= info.max ** 0.25)
     scale = torch.where(inside[:, None, None], 1.0, scale).view(*x.shape[:-2], 1, 1)
     scaled = x / scale
-    return torch.cdist(scaled, scaled, p=p, compute_mode="donot_use_mm_for_euclid_dist") * scale
+    return cdist(scaled, scaled, p) * scale
 
 
 def fixed_order_sum(v: Tensor) -> Tensor:
@@ -189,7 +209,7 @@ def compared_pairwise(a: Tensor, b: Tensor, p: float) -> Tensor:
     if p in (1.0, 2.0):
         return fixed_order_pairwise(a, b, p)
     if p == math.inf:
-        return torch.cdist(a, b, p=p, compute_mode="donot_use_mm_for_euclid_dist")
+        return cdist(a, b, p)
     return lp_pairwise(a, b, p)
 
 
