@@ -82,6 +82,7 @@ class ConnectivityAutoencoder(L.LightningModule):
     plus ``lam`` times the connectivity loss of each batch's codes (per device batch under DDP).
 
     Batches are uint8 images (B, *input_shape); they become [0, 1] floats on the device.
+    ``compile_loss``: the connectivity loss through torch.compile with CUDA graphs (see :func:`train`).
     Logs per epoch: recon, connectivity, loss and the death-time statistics death_mean, death_std,
     death_min, death_max and death_near_eta (fraction within [0.9 eta, 1.1 eta]).
     """

@@ -42,9 +42,9 @@ import corel.topology.boruvka as boruvka
 
 FUSED_MAX_POINTS = 1024
 # n^2 d: one program (one multiprocessor) does it all, where Borůvka on the pairwise kernel's rows
-# spreads over the GPU.  On an H100 (2026-11-27) 16 clouds of 1,000 points in d = 10 (1e7 each)
-# took 2.2 ms fused and 28 ms in torch operations, one cloud of 1,000 points in d = 160 (1.6e8)
-# 14.2 ms fused and 9.9 ms in torch operations, Borůvka on the kernel's rows 6.9 ms at 2,000 points
+# spreads over the GPU.  On an H100 (2026-11-27, docs/persistence.md) 16 clouds of 1,000 points in
+# d = 10 (1e7 each) took 2.1 ms fused and 25 ms in torch operations; one cloud of 1,000 points in
+# d = 160 (1.6e8) 14.2 ms fused and 6.2 ms on the kernel's rows (forward + backward)
 FUSED_MAX_WORK = 1 << 25
 # Triton decides at import, by this variable, whether kernels are compiled or interpreted.
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
