@@ -72,7 +72,8 @@ def _triton_runs_on(device: torch.device) -> bool:
 
 def _engine(data: Tensor, backend: str) -> str:
     """"native", "torch" or "triton": "auto" is the compiled kernel on CPU, the Triton kernels on
-    NVIDIA GPUs where they run (1.3x to 15x faster than Borůvka on an H100: docs/persistence.md),
+    NVIDIA GPUs where they run (on an H100 2x faster than Borůvka for the loss, up to 15x for one l1
+    cloud, as fast in l2: docs/persistence.md),
     and Borůvka on other devices and where ``data`` is traced
     (:func:`~corel.topology.distances.traced`)."""
     _known(backend)
@@ -137,10 +138,9 @@ def h0_persistence(points: Tensor, metric: Metric = "l1", *, backend: str = "aut
     points' dtype) and their edges, ties in ascending (i, j) order.  All leading dimensions are
     clouds computed in one call.  Duplicate points give death times of exactly 0, which are kept.
     ``backend``: "auto" (the compiled kernel on CPU, "triton" on NVIDIA GPUs where it runs,
-    Borůvka elsewhere), "native", "torch" or
-    "triton" (on a GPU: one fused kernel for clouds of up to 1,024 points under l1, l2 or linf;
-    beyond, Borůvka on kernel-computed rows for l1 and l2, plain Borůvka otherwise); all return
-    the same tree.  On CPU the native kernel never builds the n x n matrix (memory O(n d));
+    Borůvka elsewhere), "native", "torch" or "triton" (on a GPU: one fused kernel for clouds of
+    up to 1,024 points and 2^25 n^2 d under l1, l2 or linf; beyond, Borůvka on kernel-computed
+    rows for l1 and l2, plain Borůvka otherwise); all return the same tree.  On CPU the native kernel never builds the n x n matrix (memory O(n d));
     Borůvka keeps one matrix only while it fits and otherwise scans rows in tiles, so 100,000
     points of dimension 160 fit.
 
