@@ -198,6 +198,22 @@ def test_cuda_gradients_at_points_of_many_edges_are_the_cpus(rng, d, dtype, back
     assert torch.equal(on_gpu.grad.cpu(), on_cpu.grad)
 
 
+@pytest.mark.parametrize("hip, capability, runs", [(None, (9, 0), True), (None, (8, 0), True), (None, (7, 5), False),
+                                                   ("6.2", (9, 4), False)])
+def test_the_triton_kernels_run_on_nvidia_gpus_from_compute_capability_8(monkeypatch, hip, capability, runs):
+    """Their squares are PTX (not ROCm) and their machine code was checked for sm_80 and sm_90."""
+    import corel.topology.h0 as h0
+
+    monkeypatch.setattr(h0, "_HAS_TRITON", True)
+    monkeypatch.setattr(torch.version, "hip", hip)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capability)
+    h0._triton_runs_on.cache_clear()
+    try:
+        assert h0._triton_runs_on(torch.device("cuda", 0)) is runs
+    finally:
+        h0._triton_runs_on.cache_clear()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_auto_is_the_triton_kernels_on_an_nvidia_gpu():
     assert _engine(torch.zeros(3, 2, device="cuda"), "auto") == ("torch" if NO_TRITON else "triton")
