@@ -118,8 +118,10 @@ def test_clouds_the_kernels_do_not_take_go_to_plain_boruvka(rng, monkeypatch):
 
 def test_one_programs_work_is_bounded():
     """n^2 d on one multiprocessor: 16 codes' clouds of 1,000 points in d = 10 fuse, one cloud of
-    1,000 points in d = 160 goes to Borůvka on the pairwise kernel (faster on an H100)."""
+    1,000 points in d = 160 goes to Borůvka on the pairwise kernel (faster on an H100); distance
+    matrices fuse up to FUSED_MAX_POINTS."""
     assert fused.fits(1000, 10, 2.0) and not fused.fits(1000, 160, 2.0) and not fused.fits(1025, 2, 1.0)
+    assert fused.fits(1024, 1024, None)  # a matrix's step reads one row: n^2 work, whatever its width
 
 
 def test_two_points_and_one(rng):

@@ -189,9 +189,11 @@ def check_device() -> None:
 
 
 def fits(n: int, d: int, p: float | None) -> bool:
-    """Whether the fused Prim takes clouds of ``n`` points of dimension ``d`` under l_p (``p``
-    None: (n, n) matrices, ``d`` = n)."""
-    return n <= FUSED_MAX_POINTS and n * n * d <= FUSED_MAX_WORK and (p is None or p in _CODES)
+    """Whether the fused Prim takes clouds of ``n`` points of dimension ``d`` under l_p, or (n, n)
+    matrices (``p`` None): a step reads a row of the matrix (n values) where it sums n x d
+    differences of points."""
+    work = n * n * (1 if p is None else d)
+    return n <= FUSED_MAX_POINTS and work <= FUSED_MAX_WORK and (p is None or p in _CODES)
 
 
 def pairwise_values(a: Tensor, b: Tensor, p: float) -> Tensor:
