@@ -6,7 +6,7 @@ One line per case, milliseconds, median of repeats, forward + backward:
   corel-gpu    corel on the GPU, backend "torch" (Borůvka in torch operations)
   compiled     the same loss through torch.compile(mode="reduce-overhead"): one CUDA graph
   triton       corel on the GPU, backend "triton" (Prim in one fused Triton kernel for clouds of
-               up to 1,024 points and 2^25 n^2 d; beyond, Borůvka on rows from the Triton pairwise
+               up to 1,024 points with n^2 d <= 2^25; beyond, Borůvka on rows from the Triton pairwise
                kernel); what "auto" picks on NVIDIA GPUs
   tri-comp     the loss on backend "triton" through torch.compile(mode="reduce-overhead")
   corel-host   corel on the GPU with the tree chosen by the compiled kernel on the host ("native")

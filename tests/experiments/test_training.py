@@ -127,21 +127,40 @@ def test_every_h0_engine_trains_the_same_backbone_and_a_resume_may_switch(tmp_pa
         assert torch.equal(a, b), k
 
 
-def test_a_compiled_loss_trains_the_eager_backbone_and_a_resume_may_switch(tmp_path, digits):
+def test_a_compiled_loss_trains_the_eager_backbone_and_a_resume_may_switch(tmp_path, digits, monkeypatch):
     """compile_loss: the same trees (Borůvka traced into the graph); its sums may round otherwise,
     so the weights agree closely, not bit for bit; a resume may switch it off."""
+    modes = []
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: modes.append(kwargs.get("mode")) or compile_(fn, **kwargs))
     eager = run(digits, tmp_path / "eager", epochs=3)
+    assert modes == []
     run(digits, tmp_path / "compiled", epochs=2, compile_loss=True)
+    assert modes == ["reduce-overhead"]  # once, at the first step
     compiled = run(digits, tmp_path / "compiled", epochs=3, resume=True)
     for (k, a), (_, b) in zip(eager.model.state_dict().items(), compiled.model.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
+    with pytest.raises(ValueError, match="compile_loss needs an H0 engine torch.compile can trace"):
+        run(digits, tmp_path / "native", epochs=1, h0_backend="native", compile_loss=True)
+    assert not (tmp_path / "native").exists()
+
+
+def test_a_module_with_a_compiled_loss_pickles():
+    """--strategy ddp_spawn pickles the module: the compiled function is made again where it runs."""
+    import pickle
+
+    module = ConnectivityAutoencoder(CFG.to_dict(), eta=1.0, lam=1.0, compile_loss=True)
+    module._deaths_and_loss(torch.randn(5, 6))  # compiles (on the CPU, without CUDA graphs)
+    copy = pickle.loads(pickle.dumps(module))
+    assert copy.compile_loss and copy._compiled is None
+    torch.testing.assert_close(copy._deaths_and_loss(torch.ones(3, 6))[1], module._deaths_and_loss(torch.ones(3, 6))[1])
 
 
 def test_an_h0_engine_that_cannot_run_is_refused_before_any_work(tmp_path, digits, monkeypatch):
     pytest.importorskip("triton")
     from corel.topology import fused
 
-    monkeypatch.setattr(fused, "_INTERPRETED", False)
+    monkeypatch.setattr(fused, "INTERPRETED", False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="backend 'triton' needs a CUDA device"):
         run(digits, tmp_path / "run", epochs=1, h0_backend="triton")

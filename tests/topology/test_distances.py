@@ -247,3 +247,25 @@ def test_cdist_in_row_blocks_equals_one_call(rng, monkeypatch):
     blocked = h0_persistence(cloud, "l1", backend="torch")
     assert calls and max(calls) <= 50
     assert torch.equal(blocked.edges, tree.edges) and torch.equal(blocked.deaths, tree.deaths)
+
+
+@pytest.mark.parametrize("d", [1, 2, 7])
+def test_the_sorted_sum_onto_points_is_the_serial_one(rng, d):
+    """The GPU's order-keeping sum (index_put with accumulate, a stable sort, each point's run in
+    order) gives the CPU's serial scatter_add bit for bit; on the CPU index_put adds serially only
+    on one thread.  Points of many edges, contributions over 12 orders of magnitude: any other
+    order of adding them rounds differently."""
+    from corel.topology.distances import _onto_points
+
+    scaled = torch.zeros(3, 20, d)
+    edges = torch.from_numpy(rng.integers(0, 4, size=(3, 60, 2))).sort(dim=-1).values  # 4 points take most
+    both = torch.from_numpy(rng.uniform(-1, 1, size=(3, 120, d)) * np.logspace(-6, 6, 120)[None, :, None]).float()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        serial, ordered = (_onto_points(scaled, edges, both, sort=s) for s in (False, True))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(ordered, serial)
+    reordered = _onto_points(scaled, edges.flip(1), both.view(3, 60, 2, d).flip(1).reshape(3, 120, d), sort=False)
+    assert not torch.equal(reordered, serial)  # the order matters: the check has teeth

@@ -132,7 +132,7 @@ def test_two_points_and_one(rng):
 
 def test_without_a_device_or_the_package_it_says_so(monkeypatch):
     x = torch.randn(5, 2)
-    monkeypatch.setattr(fused, "_INTERPRETED", False)
+    monkeypatch.setattr(fused, "INTERPRETED", False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="needs a CUDA device.*TRITON_INTERPRET=1"):
         h0_persistence(x, backend="triton")

@@ -10,7 +10,7 @@ from scipy.sparse.csgraph import minimum_spanning_tree
 from scipy.spatial.distance import cdist
 
 import corel.pershom as pershom
-from conftest import ENGINES, METRICS, NO_TRITON, canonical_tree, joiner, kruskal, lp_distances
+from conftest import ENGINES, METRICS, canonical_tree, joiner, kruskal, lp_distances
 from corel import ConnectivityLoss, h0_persistence, h0_persistence_from_distances, rips_persistence
 from corel.topology.h0 import _engine
 
@@ -198,15 +198,24 @@ def test_cuda_gradients_at_points_of_many_edges_are_the_cpus(rng, d, dtype, back
     assert torch.equal(on_gpu.grad.cpu(), on_cpu.grad)
 
 
-@pytest.mark.parametrize("hip, capability, runs", [(None, (9, 0), True), (None, (8, 0), True), (None, (7, 5), False),
-                                                   ("6.2", (9, 4), False)])
-def test_the_triton_kernels_run_on_nvidia_gpus_from_compute_capability_8(monkeypatch, hip, capability, runs):
-    """Their squares are PTX (not ROCm) and their machine code was checked for sm_80 and sm_90."""
+@pytest.mark.parametrize("hip, capability, compiler, interpreted, runs", [
+    (None, (9, 0), "/usr/bin/cc", False, True), (None, (8, 0), "/usr/bin/cc", False, True),
+    (None, (7, 5), "/usr/bin/cc", False, False), ("6.2", (9, 4), "/usr/bin/cc", False, False),
+    (None, (9, 0), None, False, False), (None, (9, 0), "/usr/bin/cc", True, False)])
+def test_auto_takes_the_triton_kernels_on_nvidia_gpus_from_compute_capability_8(monkeypatch, hip, capability, compiler,
+                                                                                interpreted, runs):
+    """Their squares are PTX (not ROCm), their machine code was checked for sm_80 and sm_90, Triton
+    builds its launcher with a C compiler, and its interpreter is no GPU engine."""
+    pytest.importorskip("triton")
+    import corel.topology.fused as fused
     import corel.topology.h0 as h0
 
     monkeypatch.setattr(h0, "_HAS_TRITON", True)
     monkeypatch.setattr(torch.version, "hip", hip)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capability)
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(h0.shutil, "which", lambda name: compiler)
+    monkeypatch.setattr(fused, "INTERPRETED", interpreted)
     h0._triton_runs_on.cache_clear()
     try:
         assert h0._triton_runs_on(torch.device("cuda", 0)) is runs
@@ -216,7 +225,10 @@ def test_the_triton_kernels_run_on_nvidia_gpus_from_compute_capability_8(monkeyp
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_auto_is_the_triton_kernels_on_an_nvidia_gpu():
-    assert _engine(torch.zeros(3, 2, device="cuda"), "auto") == ("torch" if NO_TRITON else "triton")
+    from corel.topology.h0 import _triton_runs_on
+
+    gpu = torch.zeros(3, 2, device="cuda")
+    assert _engine(gpu, "auto") == ("triton" if _triton_runs_on(gpu.device) else "torch")
     assert _engine(torch.zeros(3, 2), "auto") == "native"
 
 

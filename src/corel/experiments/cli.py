@@ -212,8 +212,8 @@ def _add_train_args(p: argparse.ArgumentParser, grid: bool = False) -> None:
                         "NVIDIA GPUs where triton runs, Borůvka elsewhere), native, torch, or triton (fused GPU kernels; "
                         "needs triton); all give the same results")
     g.add_argument("--compile-loss", action="store_true",
-                   help="compile the connectivity loss with CUDA graphs (GPUs: faster steps after tens of seconds of "
-                        "compilation; not reproducible bit for bit)")
+                   help="compile the connectivity loss (torch.compile; CUDA graphs on GPUs: faster steps after ~20 s of "
+                        "compilation; not reproducible bit for bit; not with --h0-backend native)")
 
 
 def _train_config(args: argparse.Namespace, lam: float | None = None):

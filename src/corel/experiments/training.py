@@ -95,10 +95,8 @@ class ConnectivityAutoencoder(L.LightningModule):
         # unchecked: no host synchronisation per step; a diverged batch gives a non-finite loss,
         # counted on the device and reported at the end of the epoch (see check_diverged)
         self.connectivity = ConnectivityLoss(eta, metric, self.model.config.branches, backend=h0_backend, check=False)
-        # on a GPU the loss's ~100 small launches cost more host time than the autoencoder's step:
-        # compiled with CUDA graphs, forward and backward are one replay each
-        self._deaths_and_loss = (torch.compile(self._eager_deaths_and_loss, mode="reduce-overhead", fullgraph=True)
-                                 if compile_loss else self._eager_deaths_and_loss)
+        self.compile_loss = compile_loss
+        self._compiled: Any = None  # made at the first step: a compiled function cannot be pickled (ddp_spawn)
         self.lam = lam
         self.lr = lr
         self._channels_last = self.model.config.kind == "conv"
@@ -139,10 +137,22 @@ class ConnectivityAutoencoder(L.LightningModule):
         self.log("loss", loss, **log)
         return loss
 
+    def _deaths_and_loss(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """The death times (branches, b-1) of codes ``z`` (b, D) and their connectivity loss,
+        compiled if asked: on a GPU the loss's ~100 small launches cost more host time than the
+        autoencoder's step, and with CUDA graphs forward and backward are one replay each."""
+        if not self.compile_loss:
+            return self._eager_deaths_and_loss(z)
+        if self._compiled is None:
+            self._compiled = torch.compile(self._eager_deaths_and_loss, mode="reduce-overhead", fullgraph=True)
+        return self._compiled(z)
+
     def _eager_deaths_and_loss(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """The death times (branches, b-1) of codes ``z`` (b, D) and their connectivity loss."""
         deaths = self.connectivity.death_times(z)
         return deaths, self.connectivity.from_death_times(deaths)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "_compiled": None}  # compiled again where it is unpickled
 
     def check_diverged(self) -> None:
         """ValueError when a batch of this epoch, on any device, had a NaN or inf loss: the
@@ -452,9 +462,13 @@ def train(
     ``compile_loss``: the connectivity loss through ``torch.compile`` with CUDA graphs (for GPUs,
     where it saves most of the loss's time; tens of seconds of compilation first).  The same trees;
     the compiled sums may round differently and add gradients with atomics, so such a run is not
-    reproducible bit for bit; a resume may change it.
+    reproducible bit for bit; a resume may change it.  Not with ``h0_backend="native"`` (refused:
+    the compiled kernel cannot be traced).
     """
     check_backend(h0_backend)  # before any work: "triton" without a GPU would fail at the first step
+    if compile_loss and h0_backend == "native":
+        raise ValueError("compile_loss needs an H0 engine torch.compile can trace: 'auto', 'torch' or 'triton', "
+                         "not 'native' (the compiled kernel runs outside the graph)")
     out = Path(out_dir)
     settings = run_settings(images, model_config, config, info)
     info = {**(info or {}), "train_images": int(len(images)), "model": model_config.to_dict(), "train": asdict(config),

@@ -120,14 +120,17 @@ def cdist(a: Tensor, b: Tensor, p: float) -> Tensor:
     """``torch.cdist`` between the rows of ``a`` (..., m, d) and ``b`` (..., n, d) -> (..., m, n),
     summed without the matmul expansion (exact on ties and duplicates), in blocks of rows of at
     most CDIST_MAX_ENTRIES entries; differentiable."""
-    rows = max(1, CDIST_MAX_ENTRIES // max(1, math.prod(a.shape[:-2]) * b.shape[-2]))
+    if a.ndim < 2 or b.ndim < 2:  # torch's own error names the shapes
+        return torch.cdist(a, b, p=p, compute_mode="donot_use_mm_for_euclid_dist")
+    batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    rows = max(1, CDIST_MAX_ENTRIES // max(1, math.prod(batch) * b.shape[-2]))
     if a.shape[-2] <= rows:
         return torch.cdist(a, b, p=p, compute_mode="donot_use_mm_for_euclid_dist")
     blocks = (torch.cdist(a[..., r: r + rows, :], b, p=p, compute_mode="donot_use_mm_for_euclid_dist")
               for r in range(0, a.shape[-2], rows))
     if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
         return torch.cat(list(blocks), dim=-2)
-    out = a.new_empty(*a.shape[:-1], b.shape[-2])  # without autograd: no second copy of the whole
+    out = a.new_empty(*batch, a.shape[-2], b.shape[-2])  # without autograd: no second copy of the whole
     for r, block in zip(range(0, a.shape[-2], rows), blocks):
         out[..., r: r + rows, :] = block
     return out
@@ -367,13 +370,21 @@ def _edge_gradient(scaled: Tensor, edges: Tensor, lengths: Tensor | None, p: flo
     batch, n, d = scaled.shape
     per_edge = _length_gradient(edge_vectors(scaled, edges), lengths, p) * grad[..., None]
     both = torch.stack((per_edge, -per_edge), dim=2).reshape(batch, -1, d)  # onto i0, j0, i1, j1, ...
-    if scaled.device.type == "cpu":  # scatter_add adds serially here, a point's edges in their order
+    return _onto_points(scaled, edges, both, sort=scaled.device.type != "cpu")
+
+
+def _onto_points(scaled: Tensor, edges: Tensor, both: Tensor, sort: bool) -> Tensor:
+    """Sums ``both`` (B, 2k, d), the contributions of edges (B, k, 2) to their end points (i0, j0,
+    i1, j1, ...), into (B, n, d) like ``scaled``, each point's in the order of its edges, so every
+    device gives the same bits.  The CPU's scatter_add adds serially (``sort`` False).  On CUDA
+    scatter_add's atomics add a point of three or more edges in any order, so there (``sort``
+    True) index_put with accumulate: it sorts the rows stably and adds each run in order, except
+    for rows of one column, which it sums by warp reductions: those get a zero column beside them.
+    (The CPU's index_put with accumulate is not serial on several threads.)"""
+    batch, n, d = scaled.shape
+    if not sort:
         # out of place: under torch.func's vmap the incoming gradient may be batched where the cloud is not
         return torch.zeros_like(scaled).scatter_add(1, edges.reshape(batch, -1, 1).expand(-1, -1, d), both)
-    # On CUDA scatter_add's atomics add a point of three or more edges in any order.  index_put
-    # with accumulate sorts the rows stably and adds each run in order, as the CPU does, so the
-    # gradients are the CPU's bit for bit; except for rows of one column, which it sums by warp
-    # reductions: those get a zero column beside them
     width = max(d, 2)
     rows = (edges + n * torch.arange(batch, device=edges.device)[:, None, None]).reshape(-1)
     values = both.reshape(-1, d) if d == width else torch.cat((both.reshape(-1, d), both.new_zeros(rows.numel(), 1)), 1)

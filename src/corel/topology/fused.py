@@ -8,7 +8,7 @@ algorithm for every cloud of the batch, one program per cloud, keeping the tree 
 registers and re-reading the cloud (n x d) from the cache.  Under the strict edge order (value,
 smaller index, larger index) Prim's tree is the unique minimum spanning tree, the one the other
 engines return.  The work per cloud is O(n^2 d) on one streaming multiprocessor, so it takes
-clouds of up to :data:`FUSED_MAX_POINTS` points and :data:`FUSED_MAX_WORK` n^2 d.
+clouds of up to :data:`FUSED_MAX_POINTS` points with n^2 d up to :data:`FUSED_MAX_WORK`.
 
 **Pairwise values.**  Larger l1 and l2 clouds go to Borůvka, whose rows then come from a tiled
 kernel that sums each pair's terms in the fixed order in registers (memory O(m n), where torch's
@@ -46,10 +46,11 @@ FUSED_MAX_POINTS = 1024
 # d = 10 (1e7 each) took 2.1 ms fused and 25 ms in torch operations; one cloud of 1,000 points in
 # d = 160 (1.6e8) 14.2 ms fused and 6.2 ms on the kernel's rows (forward + backward)
 FUSED_MAX_WORK = 1 << 25
-# Triton decides at import, by this variable, whether kernels are compiled or interpreted.
-_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+# Triton decides at import, by this variable, whether kernels are compiled or interpreted (the
+# interpreter runs them on the CPU, slowly: "auto" does not take them then).
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 # Compiled kernels square in PTX; the interpreter runs no PTX (and contracts nothing).
-_COMPILED = tl.constexpr(not _INTERPRETED)
+_COMPILED = tl.constexpr(not INTERPRETED)
 # metric codes of the kernels
 _MATRIX, _L1, _L2, _LINF = 0, 1, 2, 3
 _CODES = {1.0: _L1, 2.0: _L2, math.inf: _LINF}
@@ -183,7 +184,7 @@ def _warps(block: int) -> int:
 
 def check_device() -> None:
     """ValueError unless the kernels can run here: a CUDA device, or Triton's interpreter."""
-    if not _INTERPRETED and not torch.cuda.is_available():
+    if not INTERPRETED and not torch.cuda.is_available():
         raise ValueError("backend 'triton' needs a CUDA device and there is none "
                          "(TRITON_INTERPRET=1 emulates it on the CPU, slowly)")
 
@@ -234,7 +235,7 @@ def minimum_spanning_tree(data: Tensor, p: float | None) -> Tensor:
     Prim takes (:func:`fits`) go through it; larger l1 and l2 clouds through Borůvka reading
     :func:`pairwise_values`; the rest through plain Borůvka.  ``data`` is finite, float32 or
     float64; no autograd."""
-    if data.device.type != "cuda" and not _INTERPRETED:
+    if data.device.type != "cuda" and not INTERPRETED:
         check_device()
         return minimum_spanning_tree(data.cuda(), p).to(data.device)
     n = data.shape[1]

@@ -21,6 +21,8 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+import os
+import shutil
 
 import torch
 from torch import Tensor
@@ -65,9 +67,16 @@ def check_backend(backend: str) -> None:
 
 @functools.cache
 def _triton_runs_on(device: torch.device) -> bool:
-    """Whether the Triton kernels run on CUDA ``device``: the package, NVIDIA (their squares are
-    PTX) and compute capability 8.0 or later (the machine code checked: sm_80 and sm_90)."""
-    return _HAS_TRITON and torch.version.hip is None and torch.cuda.get_device_capability(device) >= (8, 0)
+    """Whether "auto" takes the Triton kernels on CUDA ``device``: the package, compiled (not its
+    interpreter), a C compiler (Triton builds its launcher with one), NVIDIA (the kernels' squares
+    are PTX) and compute capability 8.0 or later (their machine code checked: sm_80 and sm_90)."""
+    compiler = os.environ.get("CC") or any(shutil.which(cc) for cc in ("cc", "gcc", "clang"))
+    if not (_HAS_TRITON and compiler and torch.version.hip is None
+            and torch.cuda.get_device_capability(device) >= (8, 0)):
+        return False
+    from corel.topology.fused import INTERPRETED  # imports triton, which "auto" then uses
+
+    return not INTERPRETED
 
 
 def _engine(data: Tensor, backend: str) -> str:
@@ -139,7 +148,7 @@ def h0_persistence(points: Tensor, metric: Metric = "l1", *, backend: str = "aut
     clouds computed in one call.  Duplicate points give death times of exactly 0, which are kept.
     ``backend``: "auto" (the compiled kernel on CPU, "triton" on NVIDIA GPUs where it runs,
     Borůvka elsewhere), "native", "torch" or "triton" (on a GPU: one fused kernel for clouds of
-    up to 1,024 points and 2^25 n^2 d under l1, l2 or linf; beyond, Borůvka on kernel-computed
+    up to 1,024 points with n^2 d <= 2^25 under l1, l2 or linf; beyond, Borůvka on kernel-computed
     rows for l1 and l2, plain Borůvka otherwise); all return the same tree.  On CPU the native kernel never builds the n x n matrix (memory O(n d));
     Borůvka keeps one matrix only while it fits and otherwise scans rows in tiles, so 100,000
     points of dimension 160 fit.
