@@ -54,7 +54,6 @@ LOSS_CASES = [(16, 100, 10), (16, 150, 10)]
 CLOUD_CASES = [(1000, "l1"), (2000, "l1"), (5000, "l1"), (20000, "l1"), (20000, "l2"), (50000, "l1"),
                (50000, "l2"), (100000, "l1"), (100000, "l2")]
 CPU_MAX_POINTS = 20000
-TRITON_MAX_POINTS = 100000
 CDIST_MAX_POINTS = 20000  # torch.cdist on 50,000 points failed on an H100 (CUDA "invalid argument")
 D = 160
 SCHEDULE_POINTS = (500, 1000, 2000, 5000)
@@ -91,10 +90,13 @@ def _backward(fn):
 
 
 def _attempt(fn, *args):
-    """fn(*args), or the first line of the error it raised (a failed compile is reported, the
-    other columns stand)."""
+    """fn(*args), or "out of memory", or the first line of the error it raised (a failed compile
+    is reported, the other columns stand)."""
     try:
         return fn(*args)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return "out of memory"
     except Exception as e:  # noqa: BLE001
         return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
 
@@ -104,14 +106,6 @@ def _cell(value) -> str:
     if isinstance(value, float) or value is None:
         return _ms(value)
     return {"out of memory": "OOM"}.get(value, "skipped" if value.startswith("skipped") else "failed")
-
-
-def _oom_safe(fn, *args):
-    try:
-        return fn(*args)
-    except torch.cuda.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        return "out of memory"
 
 
 def _gpu_activities(backend: str, codes: int, branches: int, dims: int) -> int:
@@ -193,13 +187,14 @@ def _predicted(n: int, metric: str, measured: dict) -> float | None:
     return t * (n / m) ** 2  # one scan of all pairs; the neighbour lists make the rounds cheap
 
 
-def cloud_cases(pershom, cuda: bool, budget: float, start: float, results: list) -> None:
+def cloud_cases(pershom, cuda: bool, budget: float, start: float, results: list,
+                cases: list[tuple[int, str]] = CLOUD_CASES) -> None:
     print(f"\n{'one cloud, d=160, fwd+bwd':<28} {'corel-gpu':>10} {'triton':>10} {'cdist':>10} {'corel/cdist':>11}"
           f" {'triton/cdist':>12} {'corel-cpu':>10} {'torchph':>12} {'same tree':>9}")
     measured: dict[tuple[int, str], float] = {}
     measured_triton: dict[tuple[int, str], float] = {}
     gen = torch.Generator().manual_seed(0)
-    for n, metric in CLOUD_CASES:
+    for n, metric in cases:
         x = torch.randn(n, D, generator=gen)
         row: dict = {"case": f"n={n} {metric}"}
         guess = _predicted(n, metric, measured)
@@ -215,9 +210,9 @@ def cloud_cases(pershom, cuda: bool, budget: float, start: float, results: list)
             row["corel_cpu"], cpu = timed(lambda: h0_persistence(x, metric), repeats if n <= 5000 else 1)
         if cuda:
             xg = x.cuda()
-            out = _attempt(lambda: _oom_safe(lambda: timed(
+            out = _attempt(lambda: timed(
                 lambda: _backward(lambda v: h0_persistence(v, metric, backend="torch").deaths.sum())(xg), repeats,
-                cuda=True)))
+                cuda=True))
             if isinstance(out, str):
                 row["corel_gpu"] = out
             else:
@@ -228,11 +223,11 @@ def cloud_cases(pershom, cuda: bool, budget: float, start: float, results: list)
                     row["same_tree"] = bool(torch.equal(gpu.edges.cpu(), cpu.edges) and torch.equal(gpu.deaths.cpu(), cpu.deaths))
                     row["max_death_difference"] = float((gpu.deaths.cpu() - cpu.deaths).abs().max())
             guess = _predicted(n, metric, measured_triton)
-            if n <= TRITON_MAX_POINTS and guess is not None and time.perf_counter() - start + 3 * guess > budget:
+            if guess is not None and time.perf_counter() - start + 3 * guess > budget:
                 row["triton"] = f"skipped: predicted {guess:.0f} s per run, over the budget"
-            elif n <= TRITON_MAX_POINTS:
+            else:
                 fused = _backward(lambda v: h0_persistence(v, metric, backend="triton").deaths.sum())
-                row["triton"] = _attempt(lambda: _oom_safe(lambda: timed(lambda: fused(xg), repeats, cuda=True)[0]))
+                row["triton"] = _attempt(lambda: timed(lambda: fused(xg), repeats, cuda=True)[0])
                 if isinstance(row["triton"], float):
                     measured_triton[(n, metric)] = row["triton"]
                 if cpu is not None and isinstance(row["triton"], float):
@@ -240,13 +235,12 @@ def cloud_cases(pershom, cuda: bool, budget: float, start: float, results: list)
                     row["same_tree_triton"] = bool(torch.equal(gpu.edges.cpu(), cpu.edges)
                                                    and torch.equal(gpu.deaths.cpu(), cpu.deaths))
             if n <= CDIST_MAX_POINTS:
-                row["cdist"] = _attempt(lambda: _oom_safe(lambda: timed(lambda: torch.cdist(xg, xg, p=p), repeats,
-                                                                        cuda=True)[0]))
+                row["cdist"] = _attempt(lambda: timed(lambda: torch.cdist(xg, xg, p=p), repeats, cuda=True)[0])
             if pershom is not None and metric == "l1" and n <= 5000:
                 # torchph's own allocation failures come as RuntimeErrors: kept as the row's reason
-                row["torchph"] = _attempt(lambda: _oom_safe(lambda: timed(
+                row["torchph"] = _attempt(lambda: timed(
                     lambda: _backward(lambda v: pershom.vr_persistence_l1(v, 0, 0)[0][0][:, 1].sum())(xg),
-                    repeats, cuda=True)[0]))
+                    repeats, cuda=True)[0])
             del xg
             torch.cuda.empty_cache()
         ratios = [f"{row[c] / row['cdist']:.2f}" if isinstance(row.get(c), float) and isinstance(row.get("cdist"), float)
@@ -411,9 +405,8 @@ def main() -> None:
     parts = args.parts.split(",")
     if not set(parts) <= set(PARTS):
         parser.error(f"--parts takes {', '.join(PARTS)}, got {args.parts!r}")
-    global CLOUD_CASES
-    CLOUD_CASES = [(n, metric) for n, metric in CLOUD_CASES
-                   if n >= args.cloud_min and (args.cloud_max is None or n <= args.cloud_max)]
+    clouds = [(n, metric) for n, metric in CLOUD_CASES
+              if n >= args.cloud_min and (args.cloud_max is None or n <= args.cloud_max)]
     start = time.perf_counter()
     cuda = torch.cuda.is_available()
     device = torch.cuda.get_device_name() if cuda else "no CUDA device (CPU columns only)"
@@ -428,7 +421,8 @@ def main() -> None:
     if cuda and "training" in parts:
         _section(results, "training", training_cases, results, args.epoch_images)
     if "clouds" in parts:
-        _section(results, "clouds", cloud_cases, pershom, cuda, args.budget - (45 if cuda else 0), start, results)
+        _section(results, "clouds", cloud_cases, pershom, cuda, args.budget - (45 if cuda else 0), start, results,
+                 clouds)
     for name, part, seconds in (("unchecked", unchecked_loss_cases, 15), ("fused", fused_cases, 15),
                                 ("schedules", schedule_cases, 20)):
         if (part is not schedule_cases and not cuda) or name not in parts:
