@@ -82,9 +82,8 @@ def _triton_runs_on(device: torch.device) -> bool:
 def _engine(data: Tensor, backend: str) -> str:
     """"native", "torch" or "triton": "auto" is the compiled kernel on CPU, the Triton kernels on
     NVIDIA GPUs where they run (on an H100 2x faster than Borůvka for the loss, up to 15x for one l1
-    cloud, as fast in l2: docs/persistence.md),
-    and Borůvka on other devices and where ``data`` is traced
-    (:func:`~corel.topology.distances.traced`)."""
+    cloud, as fast in l2: docs/persistence.md), and Borůvka on other devices and where ``data`` is
+    traced (:func:`~corel.topology.distances.traced`)."""
     _known(backend)
     if backend == "auto":
         if traced(data):
@@ -149,9 +148,9 @@ def h0_persistence(points: Tensor, metric: Metric = "l1", *, backend: str = "aut
     ``backend``: "auto" (the compiled kernel on CPU, "triton" on NVIDIA GPUs where it runs,
     Borůvka elsewhere), "native", "torch" or "triton" (on a GPU: one fused kernel for clouds of
     up to 1,024 points with n^2 d <= 2^25 under l1, l2 or linf; beyond, Borůvka on kernel-computed
-    rows for l1 and l2, plain Borůvka otherwise); all return the same tree.  On CPU the native kernel never builds the n x n matrix (memory O(n d));
-    Borůvka keeps one matrix only while it fits and otherwise scans rows in tiles, so 100,000
-    points of dimension 160 fit.
+    rows for l1 and l2, plain Borůvka otherwise); all return the same tree.  On CPU the native
+    kernel never builds the n x n matrix (memory O(n d)); Borůvka keeps one matrix only while it
+    fits and otherwise scans rows in tiles, so 100,000 points of dimension 160 fit.
 
     ``check=False`` leaves out the checks that read a value back from the device (one host
     synchronisation per call): a cloud with NaN or inf coordinates then gets NaN deaths, and
